@@ -1,0 +1,153 @@
+"""Events in: read a partition's stream in batches and apply each batch in one script call.
+
+Only the replica holding a partition's lease consumes it, so the partition's events
+take effect in stream order however many replicas run. A new holder first claims the
+entries its predecessor left pending and applies them, then reads new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from redis.exceptions import ResponseError
+
+from daemon.events import ParsedEvent, parse_entry
+from daemon.keys import GROUP, PartitionKeys
+from daemon.metrics import Metrics
+from daemon.store import Store
+
+log = structlog.get_logger("lifecycled.consumer")
+
+BLOCK_MS = 1000
+
+
+class LeaseLost(Exception):
+    """The partition's lease moved to another replica; stop consuming it."""
+
+
+async def ensure_group(redis: Any, pk: PartitionKeys) -> None:
+    """Create the consumer group reading from the stream's start, if it is missing."""
+    try:
+        await redis.xgroup_create(pk.events, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class PartitionConsumer:
+    def __init__(
+        self,
+        store: Store,
+        pk: PartitionKeys,
+        replica_id: str,
+        metrics: Metrics,
+        on_deadline: Callable[[int | None], None],
+    ) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.pk = pk
+        self.replica_id = replica_id
+        self.metrics = metrics
+        self.on_deadline = on_deadline
+        self.settings = store.settings
+        self._stopping = False
+        self._last_claim = 0.0
+        self.reading = False  # blocked in XREADGROUP: safe to cancel
+
+    def stop(self) -> None:
+        """Finish the batch in flight, then return."""
+        self._stopping = True
+
+    async def run(self) -> None:
+        """Consume while holding the lease; raises LeaseLost or Redis errors."""
+        await ensure_group(self.redis, self.pk)
+        await self._claim(min_idle_ms=0)
+        loop = asyncio.get_running_loop()
+        self._last_claim = loop.time()
+        while not self._stopping:
+            if loop.time() - self._last_claim > self.settings.claim_idle_ms / 1000:
+                await self._claim(min_idle_ms=self.settings.claim_idle_ms)
+                self._last_claim = loop.time()
+            # Cancelling the read is safe: entries it delivered stay pending and are
+            # claimed by the partition's next holder.
+            self.reading = True
+            try:
+                reply = await self.redis.xreadgroup(
+                    GROUP,
+                    self.replica_id,
+                    {self.pk.events: ">"},
+                    count=self.settings.read_batch,
+                    block=BLOCK_MS,
+                )
+            finally:
+                self.reading = False
+            if reply:
+                await self._apply(reply[0][1])
+
+    async def _claim(self, min_idle_ms: int) -> None:
+        """Take over entries other consumers read but never applied, oldest first.
+
+        Called with 0 when the lease is taken (the previous holder is fenced off, so its
+        pending entries can be taken at once) and with ``claim_idle_ms`` periodically.
+        """
+        start = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.pk.events,
+                GROUP,
+                self.replica_id,
+                min_idle_time=min_idle_ms,
+                start_id=start,
+                count=self.settings.read_batch,
+            )
+            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            entries = [(eid, fields) for eid, fields in reply[1] if fields is not None]
+            deleted = list(reply[2]) if len(reply) > 2 else []
+            if deleted:
+                # Trimmed or deleted before anyone applied them: nothing left to apply.
+                await self.redis.xack(self.pk.events, GROUP, *deleted)
+            if entries:
+                log.info("pending_events_claimed", partition=self.pk.partition,
+                         count=len(entries))  # fmt: skip
+                await self._apply(entries)
+            if start == "0-0":
+                break
+        await self._forget_idle_consumers()
+
+    async def _forget_idle_consumers(self) -> None:
+        for info in await self.redis.xinfo_consumers(self.pk.events, GROUP):
+            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            if (
+                name != self.replica_id
+                and int(info["pending"]) == 0
+                and int(info["idle"]) > self.settings.claim_idle_ms
+            ):
+                await self.redis.xgroup_delconsumer(self.pk.events, GROUP, name)
+
+    async def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        plans = self.store.plans
+        events = [parse_entry(eid, fields, plans) for eid, fields in entries]
+        # Shielded: once sent, the script's outcome must be read and counted even if the
+        # daemon is shutting down; the script itself is atomic either way.
+        result = await asyncio.shield(self.store.apply_events(self.pk, self.replica_id, events))
+        if result is None:
+            raise LeaseLost(self.pk.partition)
+        self._account(events, result.outcomes, result.now_ms)
+        self.on_deadline(result.earliest_new_deadline)
+
+    def _account(self, events: list[ParsedEvent], outcomes: list[str], now_ms: int) -> None:
+        self.metrics.count_outcomes([e.type for e in events], outcomes)
+        for event, outcome in zip(events, outcomes, strict=True):
+            if outcome == "skipped":
+                continue
+            entry_ms = int(event.entry_id.split("-", 1)[0])
+            self.metrics.event_lag.observe(max(0, now_ms - entry_ms) / 1000)
+            if outcome == "dead":
+                log.warning("event_dead_lettered", partition=self.pk.partition,
+                            entry_id=event.entry_id, error=event.error)  # fmt: skip
+            elif outcome.startswith("rejected"):
+                log.info("session_rejected", partition=self.pk.partition,
+                         entry_id=event.entry_id, code=outcome.partition(":")[2])  # fmt: skip

@@ -1,0 +1,188 @@
+"""The engine: partition leases, one consumer per held partition, one expirer per partition.
+
+Every replica expires every partition (the scripts make each termination exactly-once,
+and max-lifetime deadlines keep firing while a dead holder's lease runs out); each
+partition's events are consumed by the one replica holding its lease. Replicas take a
+fair share of the partitions: ``ceil(partitions / live replicas)`` each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from daemon.consumer import BLOCK_MS, LeaseLost, PartitionConsumer, ensure_group
+from daemon.expirer import PartitionExpirer
+from daemon.health import Health
+from daemon.keys import PartitionKeys
+from daemon.metrics import Metrics
+from daemon.store import Store
+
+log = structlog.get_logger("lifecycled.engine")
+
+PING_INTERVAL_SECONDS = 1.0
+LIVE_COUNT_INTERVAL_SECONDS = 5.0
+
+
+def new_replica_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Engine:
+    def __init__(self, store: Store, metrics: Metrics, health: Health) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.metrics = metrics
+        self.health = health
+        self.replica_id = new_replica_id()
+        self.expirers = {pk.partition: PartitionExpirer(store, pk, metrics)
+                         for pk in store.partitions}  # fmt: skip
+        self._consumers: dict[int, tuple[PartitionConsumer, asyncio.Task[None]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # Wiring for the API: writes made here wake the local expirer.
+
+    def nudge(self, pk: PartitionKeys, deadline_ms: int | None) -> None:
+        self.expirers[pk.partition].nudge(deadline_ms)
+
+    @property
+    def owned_partitions(self) -> list[int]:
+        return sorted(self._consumers)
+
+    async def start(self) -> None:
+        spawn = asyncio.get_running_loop().create_task
+        self._tasks.append(spawn(self._supervise("redis_ping", self._ping_loop)))
+        self._tasks.append(spawn(self._supervise("consumer", self._lease_loop)))
+        for expirer in self.expirers.values():
+            self._tasks.append(spawn(self._supervise("expirer", expirer.run)))
+        self.health.running.setdefault("consumer", False)
+        self.health.running.setdefault("expirer", False)
+
+    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop forever; Redis failures flip readiness and back off with jitter."""
+        while not self._stopping:
+            self.health.running[name] = True
+            try:
+                await body()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                delay = self.health.redis_failed(exc)
+            except RedisError as exc:
+                log.error("redis_command_failed", loop=name, error=f"{type(exc).__name__}: {exc}")
+                delay = self.health.redis_failed(exc)
+            await asyncio.sleep(delay)
+
+    async def _ping_loop(self) -> None:
+        last_count = -math.inf
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.redis.ping()
+            self.health.redis_ok()
+            if loop.time() - last_count >= LIVE_COUNT_INTERVAL_SECONDS:
+                await self.refresh_live_count()
+                last_count = loop.time()
+            await asyncio.sleep(PING_INTERVAL_SECONDS)
+
+    async def refresh_live_count(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for pk in self.store.partitions:
+            pipe.zcard(pk.life)
+        self.metrics.sessions_live.set(sum(await pipe.execute()))
+
+    async def _lease_loop(self) -> None:
+        ttl_s = self.store.settings.lease_ttl_ms / 1000
+        for pk in self.store.partitions:
+            await ensure_group(self.redis, pk)
+        while not self._stopping:
+            replicas = await self.store.register_replica(self.replica_id)
+            fair = math.ceil(len(self.store.partitions) / max(1, replicas))
+            order = list(self.store.partitions)
+            random.shuffle(order)
+            for pk in order:
+                if pk.partition in self._consumers:
+                    if not await self.store.take_lease(pk, self.replica_id):
+                        log.warning("partition_lease_lost", partition=pk.partition)
+                        await self._drop(pk, release=False)
+                    elif len(self._consumers) > fair:
+                        log.info("partition_handed_over", partition=pk.partition, fair=fair)
+                        await self._drop(pk, release=True)
+                elif len(self._consumers) < fair and await self.store.take_lease(
+                    pk, self.replica_id
+                ):
+                    self._adopt(pk)
+            self.metrics.partitions_owned.set(len(self._consumers))
+            await asyncio.sleep(ttl_s / 3 * random.uniform(0.8, 1.0))
+
+    def _adopt(self, pk: PartitionKeys) -> None:
+        log.info("partition_lease_taken", partition=pk.partition, replica=self.replica_id)
+        consumer = PartitionConsumer(
+            self.store, pk, self.replica_id, self.metrics, self.expirers[pk.partition].nudge
+        )
+        task = asyncio.get_running_loop().create_task(self._consume(consumer))
+        self._consumers[pk.partition] = (consumer, task)
+
+    async def _consume(self, consumer: PartitionConsumer) -> None:
+        while not self._stopping:
+            try:
+                await consumer.run()
+                return
+            except LeaseLost:
+                log.warning("partition_lease_lost", partition=consumer.pk.partition)
+                self._consumers.pop(consumer.pk.partition, None)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.debug("consumer_redis_error", stopping=self._stopping, error=repr(exc))
+                delay = self.health.redis_failed(exc)
+            except RedisError as exc:
+                log.error("redis_command_failed", loop="consumer", error=str(exc))
+                delay = self.health.redis_failed(exc)
+            await asyncio.sleep(delay)
+
+    async def _drop(self, pk: PartitionKeys, release: bool) -> None:
+        entry = self._consumers.pop(pk.partition, None)
+        if entry is None:
+            return
+        consumer, task = entry
+        await self._finish(consumer, task)
+        if release:
+            await self.store.release_lease(pk, self.replica_id)
+
+    @staticmethod
+    async def _finish(consumer: PartitionConsumer, task: asyncio.Task[None]) -> None:
+        """Let the batch in flight finish and be acknowledged; cancel a blocked read."""
+        consumer.stop()
+        if consumer.reading:
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=BLOCK_MS / 1000 + 0.5)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def stop(self) -> None:
+        """Stop reading, finish and acknowledge in-flight batches, hand the leases over."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        held = list(self._consumers.items())
+        await asyncio.gather(*(self._finish(consumer, task) for _, (consumer, task) in held))
+        for partition, _ in held:
+            with contextlib.suppress(RedisError, OSError):
+                await self.store.release_lease(self.store.partitions[partition], self.replica_id)
+        with contextlib.suppress(RedisError, OSError):
+            await self.store.unregister_replica(self.replica_id)
+        self._consumers.clear()

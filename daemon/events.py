@@ -1,0 +1,153 @@
+"""Validation of events-stream entries (SPEC §3) into the arguments of ``apply_events.lua``.
+
+Checking happens here, in Python, so that the script only applies well-formed events;
+an entry that breaks a rule becomes a dead-letter operation carrying its original
+fields and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+
+from daemon.model import BILLING_STATUSES, COMMAND_REASONS, ID_PATTERN, MAX_INACTIVITY_SECONDS
+
+EVENT_TYPES = ("created", "activity", "keepalive", "terminate", "terminated", "billing")
+
+_OPS = {
+    "created": "C",
+    "activity": "A",
+    "keepalive": "K",
+    "terminate": "T",
+    "terminated": "X",
+    "billing": "B",
+}
+_REQUIRED = {
+    "created": ("session_id", "account_id"),
+    "activity": ("session_id", "account_id"),
+    "keepalive": ("session_id", "account_id"),
+    "terminate": ("session_id", "account_id"),
+    "terminated": ("session_id", "account_id"),
+    "billing": ("account_id", "billing_status"),
+}
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_BOOLS = {"true": "1", "1": "1", "false": "0", "0": "0"}
+# Larger values are over every plan's maximum anyway; keep them within Lua's exact integers.
+_TIMEOUT_CAP = 10**9
+
+
+class InvalidEvent(ValueError):
+    """The entry breaks a rule of SPEC §3; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    entry_id: str
+    type: str  # an EVENT_TYPES member, or "invalid"
+    args: list[bytes | str | int]  # op code, argument count, arguments (see apply_events.lua)
+    error: str | None = None
+
+
+def _decode(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    decoded: dict[str, str] = {}
+    for raw_name, raw_value in fields.items():
+        try:
+            name = raw_name.decode()
+        except UnicodeDecodeError:
+            raise InvalidEvent("a field name is not UTF-8") from None
+        try:
+            decoded[name] = raw_value.decode()
+        except UnicodeDecodeError:
+            raise InvalidEvent(f"field {name} is not UTF-8") from None
+    return decoded
+
+
+def _id(fields: dict[str, str], name: str) -> str:
+    value = fields[name]
+    if not ID_PATTERN.fullmatch(value):
+        raise InvalidEvent(
+            f"field {name} must be 1-128 characters of [A-Za-z0-9._:-] starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def _int(fields: dict[str, str], name: str, low: int, high: int | None = None) -> int:
+    value = fields[name]
+    if not _DIGITS.fullmatch(value):
+        raise InvalidEvent(f"field {name} must be an integer, got {value[:40]!r}")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InvalidEvent(f"field {name} must be {bound}, got {number}")
+    return number
+
+
+def _choice(fields: dict[str, str], name: str, allowed: Container[str], what: str) -> str:
+    value = fields[name]
+    if value not in allowed:
+        raise InvalidEvent(f"field {name} must be {what}, got {value[:40]!r}")
+    return value
+
+
+def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[str]]:
+    if "type" not in fields:
+        raise InvalidEvent("missing field type")
+    kind = fields["type"]
+    if kind not in _OPS:
+        raise InvalidEvent(f"unknown type {kind[:40]!r}")
+    for name in _REQUIRED[kind]:
+        if name not in fields:
+            raise InvalidEvent(f"missing field {name} for type {kind}")
+    account = _id(fields, "account_id")
+    if kind == "billing":
+        status = _choice(
+            fields, "billing_status", BILLING_STATUSES, "one of " + ", ".join(BILLING_STATUSES)
+        )
+        plan = _choice(fields, "plan", plans, "a known plan") if "plan" in fields else ""
+        return kind, [account, status, plan]
+    session = _id(fields, "session_id")
+    if kind == "created":
+        timeout = ""
+        if "timeout_seconds" in fields:
+            timeout = str(min(_int(fields, "timeout_seconds", 1), _TIMEOUT_CAP))
+        inactivity = ""
+        if "inactivity_timeout_seconds" in fields:
+            inactivity = str(_int(fields, "inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS))
+        auto_kill = "1"
+        if "auto_kill" in fields:
+            auto_kill = _BOOLS.get(fields["auto_kill"].lower(), "")
+            if not auto_kill:
+                raise InvalidEvent(
+                    f"field auto_kill must be true, false, 1 or 0, got {fields['auto_kill'][:40]!r}"
+                )
+        plan = _choice(fields, "plan", plans, "a known plan") if "plan" in fields else ""
+        return kind, [session, account, timeout, inactivity, auto_kill, plan]
+    if kind in ("activity", "keepalive"):
+        ts = str(_int(fields, "ts", 0)) if "ts" in fields else ""
+        return kind, [session, account, ts]
+    if kind == "terminate":
+        reason = "requested"
+        if "reason" in fields:
+            reason = _choice(
+                fields, "reason", COMMAND_REASONS, "one of " + ", ".join(COMMAND_REASONS)
+            )
+        return kind, [session, account, reason]
+    return kind, [session, account]
+
+
+def parse_entry(
+    entry_id: bytes | str, fields: Mapping[bytes, bytes], plans: Container[str]
+) -> ParsedEvent:
+    """Turn one stream entry into script arguments, or a dead-letter operation."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    try:
+        kind, args = _validate(_decode(fields), plans)
+    except InvalidEvent as exc:
+        error = str(exc)
+        raw: list[bytes | str | int] = [error]
+        for name, value in fields.items():
+            raw += [name, value]
+        return ParsedEvent(eid, "invalid", ["D", len(raw), *raw], error)
+    return ParsedEvent(eid, kind, [_OPS[kind], len(args), *args])

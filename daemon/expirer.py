@@ -1,0 +1,75 @@
+"""Deadlines out: terminate a partition's due sessions the moment their deadline passes.
+
+The expirer sleeps until the partition's earliest deadline, measured on the Redis
+server's clock, and is woken earlier when this process writes a nearer deadline. A cap
+on the sleep picks up deadlines written by other replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from daemon.keys import PartitionKeys
+from daemon.metrics import Metrics
+from daemon.store import ExpireResult, Store
+
+log = structlog.get_logger("lifecycled.expirer")
+
+MAX_SLEEP_SECONDS = 1.0
+# A passed inactivity deadline waiting for the consumer (lag-safe rule) is rechecked
+# this often; the consumer applying its batch is what releases it.
+HELD_RECHECK_SECONDS = 0.02
+
+
+class PartitionExpirer:
+    def __init__(self, store: Store, pk: PartitionKeys, metrics: Metrics) -> None:
+        self.store = store
+        self.pk = pk
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._wake_at_ms: int | None = None  # server time of the planned next pass
+
+    def nudge(self, deadline_ms: int | None) -> None:
+        """A deadline was written here; wake early if it is nearer than the plan."""
+        if deadline_ms is None:
+            return
+        if self._wake_at_ms is None or deadline_ms < self._wake_at_ms:
+            self._wake.set()
+
+    async def run_once(self) -> ExpireResult:
+        result = await asyncio.shield(self.store.expire_due(self.pk))
+        if result.terminated:
+            m = self.metrics
+            m.terminations.labels(reason="inactivity").inc(result.by_inactivity)
+            m.terminations.labels(reason="max_lifetime").inc(
+                result.terminated - result.by_inactivity
+            )
+            for ms in result.lateness_ms:
+                m.expiry_lateness.observe(ms / 1000)
+            log.debug("sessions_expired", partition=self.pk.partition,
+                      count=result.terminated, max_lateness_ms=max(result.lateness_ms))  # fmt: skip
+        return result
+
+    async def run(self) -> None:
+        """Expire forever; Redis errors propagate to the supervisor."""
+        while True:
+            self._wake.clear()
+            result = await self.run_once()
+            if result.terminated >= self.store.settings.expire_batch:
+                continue  # more are due right now
+            if result.held:
+                delay = HELD_RECHECK_SECONDS
+            elif result.next_due_ms is None:
+                delay = MAX_SLEEP_SECONDS
+            else:
+                # +1 ms: never wake before the deadline's millisecond has passed.
+                delay = max(0.0, (result.next_due_ms - result.now_ms + 1) / 1000)
+                delay = min(delay, MAX_SLEEP_SECONDS)
+            self._wake_at_ms = result.now_ms + int(delay * 1000)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake_at_ms = None

@@ -1,0 +1,78 @@
+"""Every Redis key lifecycled uses. All keys of partition ``p`` carry the hash tag ``{p}``.
+
+Per partition (``P`` = ``key_prefix``):
+
+- ``P:{p}:events``       stream of events in (consumer group ``lifecycled``)   SPEC §3
+- ``P:{p}:commands``     stream of commands out                               SPEC §3
+- ``P:{p}:dead``         dead-letter stream                                   SPEC §3
+- ``P:{p}:s:<session>``  hash, one session record (fields in ``daemon.model``)
+- ``P:{p}:life``         sorted set, session -> max-lifetime deadline (ms)
+- ``P:{p}:idle``         sorted set, session -> inactivity deadline (ms), auto_kill only
+- ``P:{p}:warn``         sorted set, session -> time of its ``expiring`` warning (ms)
+- ``P:{p}:a:<account>``  hash, account record: plan, billing status
+- ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
+- ``P:{p}:lease``        string, the replica that consumes the partition now
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+GROUP = "lifecycled"
+
+
+def partition_of(account_id: str, partitions: int) -> int:
+    return zlib.crc32(account_id.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    prefix: str
+    partition: int
+
+    @property
+    def base(self) -> str:
+        """The common prefix ``P:{p}:``; scripts build per-session keys from it."""
+        return f"{self.prefix}:{{{self.partition}}}:"
+
+    @property
+    def events(self) -> str:
+        return self.base + "events"
+
+    @property
+    def commands(self) -> str:
+        return self.base + "commands"
+
+    @property
+    def dead(self) -> str:
+        return self.base + "dead"
+
+    @property
+    def life(self) -> str:
+        return self.base + "life"
+
+    @property
+    def idle(self) -> str:
+        return self.base + "idle"
+
+    @property
+    def warn(self) -> str:
+        return self.base + "warn"
+
+    @property
+    def lease(self) -> str:
+        return self.base + "lease"
+
+    def session(self, session_id: str) -> str:
+        return self.base + "s:" + session_id
+
+    def account(self, account_id: str) -> str:
+        return self.base + "a:" + account_id
+
+    def live(self, account_id: str) -> str:
+        return self.base + "live:" + account_id
+
+
+def partition_keys(prefix: str, partitions: int) -> list[PartitionKeys]:
+    return [PartitionKeys(prefix, p) for p in range(partitions)]

@@ -1,0 +1,107 @@
+--[[
+  Apply a batch of events of one partition, in stream order, and acknowledge exactly
+  the entries applied, in the same atomic step: an event's effect and its XACK are
+  never separated by a crash.
+
+  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
+    ARGV[9]  replica id; the batch is refused unless it holds the partition's lease
+             (fencing: a paused, superseded consumer cannot apply anything)
+    ARGV[10] consumer group
+    ARGV[11...] entries, each: entry id, op, argument count n, n arguments
+      'C' created    session, account, timeout, inactivity, auto_kill, plan
+      'A' activity   session, account, ts ('' = the entry's time)
+      'K' keepalive  session, account, ts
+      'T' terminate  session, account, reason
+      'X' terminated session, account       (reported gone: reason external, no command)
+      'B' billing    account, billing status, plan ('' = unchanged)
+      'D' dead       error, then the entry's original field/value pairs
+  Output:
+    {-1} the lease is not ours
+    {now, earliest new deadline or -1, outcome per entry...}; outcomes: 'applied',
+    'ended:<reason>' (terminate, terminated), 'ended:<count>' (billing: sessions held),
+    'ignored:<reason>', 'rejected:<code>', 'dead', 'skipped' (no longer pending: an
+    earlier call applied it)
+  Streams written: commands (terminate, rejected), dead (dead-lettered entries).
+  The events stream is trimmed to the earliest entry some group has not applied.
+]]
+--- @include "common"
+--- @include "stream"
+
+if redis.call('GET', K_LEASE) ~= ARGV[9] then return {-1} end
+local group = ARGV[10]
+local now = now_ms()
+local wake = -1
+local out = {now, 0}
+
+local i = 11
+while i <= #ARGV do
+  local id, op, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local a = i + 3
+  i = a + n
+  local outcome
+  if redis.call('XACK', K_EVENTS, group, id) == 0 then
+    outcome = 'skipped'
+  else
+    local at = id_ms(id)
+    if op == 'A' or op == 'K' then
+      local ts = at
+      if ARGV[a + 2] ~= '' then ts = tonumber(ARGV[a + 2]) end
+      if ts > now + SKEW_MS then ts = now end
+      outcome = touch(ARGV[a], ARGV[a + 1], ts, op == 'A')
+    elseif op == 'C' then
+      local sid, account, plan = ARGV[a], ARGV[a + 1], ARGV[a + 5]
+      if plan ~= '' then redis.call('HSETNX', account_key(account), 'plan', plan) end
+      local code, value = create_session(sid, account, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+        '', at)
+      if code == 1 then
+        outcome = 'applied'
+        if wake < 0 or value < wake then wake = value end
+      else
+        local message
+        if code == -402 then message = 'payment required: billing status is ' .. value
+        elseif code == -429 then message = 'concurrent session limit reached; retry in '
+          .. value .. ' s'
+        elseif code == -409 then message = 'session ' .. sid .. ' already exists'
+        else message = value end
+        emit('type', 'rejected', 'session_id', sid, 'account_id', account,
+          'code', tostring(-code), 'error', message)
+        outcome = 'rejected:' .. tostring(-code)
+      end
+    elseif op == 'T' or op == 'X' then
+      local sid, account = ARGV[a], ARGV[a + 1]
+      local owner = redis.call('HGET', session_key(sid), 'a')
+      if owner ~= account then
+        outcome = 'ignored:unknown_session'
+      else
+        local reason = 'external'
+        if op == 'T' then reason = ARGV[a + 2] end
+        if terminate(sid, reason, at, now) then outcome = 'ended:' .. reason
+        else outcome = 'ignored:terminated' end
+      end
+    elseif op == 'B' then
+      outcome = 'ended:' .. set_billing(ARGV[a], ARGV[a + 1], ARGV[a + 2], at, now)
+    else -- 'D'
+      local fields = {}
+      for j = a + 1, a + n - 1 do fields[#fields + 1] = ARGV[j] end
+      fields[#fields + 1] = 'error'
+      fields[#fields + 1] = ARGV[a]
+      redis.call('XADD', K_DEAD, '*', unpack(fields))
+      outcome = 'dead'
+    end
+  end
+  out[#out + 1] = outcome
+end
+out[2] = wake
+
+-- Entries every group has applied are no longer needed.
+local floor = nil
+for name, last in pairs(groups_of_events()) do
+  local first = first_unapplied(name, last)
+  if first == nil then
+    local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+    first = ms .. '-' .. tostring(tonumber(seq) + 1)
+  end
+  if floor == nil or id_less(first, floor) then floor = first end
+end
+if floor ~= nil then redis.call('XTRIM', K_EVENTS, 'MINID', '~', floor) end
+return out

@@ -1,0 +1,21 @@
+--[[
+  Create a session through the API, with SPEC §2 admission in one atomic step.
+
+  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
+    ARGV[9]  session id
+    ARGV[10] account id
+    ARGV[11] timeout_seconds ('' = the plan's default)
+    ARGV[12] inactivity_timeout_seconds ('' = 300)
+    ARGV[13] auto_kill '1' or '0'
+    ARGV[14] a field error found by the caller ('' = none), reported as 422 after the
+             billing and concurrency checks, as SPEC §2 orders them
+  Output:
+    {1, now, field, value, ...}  created; the session record
+    {-402, billing status} | {-429, retry-after seconds} | {-422, message} | {-409, ''}
+]]
+--- @include "common"
+
+local now = now_ms()
+local code, value = create_session(ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], now)
+if code ~= 1 then return {code, value} end
+return view(1, ARGV[9], now)

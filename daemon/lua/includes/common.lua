@@ -1,0 +1,211 @@
+--[[
+  Shared by every lifecycled script: the partition context, the session record,
+  scheduling of deadlines, admission and termination.
+
+  Every script receives the same KEYS and leading ARGV, so that one table in
+  daemon/scripts.py can call any of them:
+
+  Input:
+    KEYS[1] events stream        P:{p}:events
+    KEYS[2] commands stream      P:{p}:commands
+    KEYS[3] dead-letter stream   P:{p}:dead
+    KEYS[4] life sorted set      P:{p}:life   member session id, score max-lifetime deadline (ms)
+    KEYS[5] idle sorted set      P:{p}:idle   member session id, score inactivity deadline (ms)
+    KEYS[6] warn sorted set      P:{p}:warn   member session id, score warning time (ms)
+    KEYS[7] lease string         P:{p}:lease  replica id of the partition's consumer
+
+    ARGV[1] key base "P:{p}:"; session, account and live-set keys are built from it and
+            share the partition's hash tag, so every script touches a single slot
+    ARGV[2] plans "name:max_concurrent:max_duration_seconds,..." (-1 = unlimited)
+    ARGV[3] default plan name
+    ARGV[4] warn_before_ms (0 = no expiring warnings)
+    ARGV[5] terminated_retention_ms
+    ARGV[6] commands_maxlen (approximate trim of the commands stream)
+    ARGV[7] billing_hold_terminates "1" or "0"
+    ARGV[8] max_clock_skew_ms
+    ARGV[9...] the script's own arguments
+
+  Session hash fields: a account, p plan, s status (r ready, u running, t terminated),
+  c created_at, e expires_at, l last_activity_at (ms), i inactivity timeout, m max
+  lifetime (s), k auto_kill "1"/"0", t terminated_at (ms), x termination reason,
+  w the deadline an expiring warning was sent for.
+]]
+local K_EVENTS, K_COMMANDS, K_DEAD = KEYS[1], KEYS[2], KEYS[3]
+local K_LIFE, K_IDLE, K_WARN, K_LEASE = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+
+local BASE = ARGV[1]
+local DEFAULT_PLAN = ARGV[3]
+local WARN_MS = tonumber(ARGV[4])
+local RETENTION_MS = tonumber(ARGV[5])
+local COMMANDS_MAXLEN = ARGV[6]
+local BILLING_HOLD = ARGV[7] == '1'
+local SKEW_MS = tonumber(ARGV[8])
+
+local PLANS = {}
+for name, concurrent, duration in string.gmatch(ARGV[2], '([^:,]+):(-?%d+):(%d+)') do
+  PLANS[name] = {max_concurrent = tonumber(concurrent), max_duration = tonumber(duration)}
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Stream entry id "<ms>-<seq>" -> its time in ms.
+local function id_ms(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+local function session_key(sid) return BASE .. 's:' .. sid end
+local function account_key(account) return BASE .. 'a:' .. account end
+local function live_key(account) return BASE .. 'live:' .. account end
+
+-- Plan name and billing status of an account; an account never written has the defaults.
+local function account_state(account)
+  local v = redis.call('HMGET', account_key(account), 'plan', 'billing')
+  return v[1] or DEFAULT_PLAN, v[2] or 'ok'
+end
+
+local function plan_limits(name)
+  return PLANS[name] or PLANS[DEFAULT_PLAN]
+end
+
+local function deadline_of(e, l, i, k)
+  if k == '1' then
+    local idle = l + i * 1000
+    if idle < e then return idle, 'inactivity' end
+  end
+  return e, 'max_lifetime'
+end
+
+-- (Re)write a live session's inactivity deadline and warning time after a change of
+-- e, l, i or k. Returns its effective deadline.
+local function schedule(sid, e, l, i, k, warned)
+  if k == '1' then
+    redis.call('ZADD', K_IDLE, l + i * 1000, sid)
+  else
+    redis.call('ZREM', K_IDLE, sid)
+  end
+  local deadline = deadline_of(e, l, i, k)
+  if WARN_MS > 0 and tostring(deadline) ~= warned then
+    redis.call('ZADD', K_WARN, deadline - WARN_MS, sid)
+  end
+  return deadline
+end
+
+local function emit(...)
+  return redis.call('XADD', K_COMMANDS, 'MAXLEN', '~', COMMANDS_MAXLEN, '*', ...)
+end
+
+-- The single place a session becomes terminated. Returns false (and writes nothing)
+-- when it is unknown or already terminated: this check is what makes the terminate
+-- command exactly-once across retries, crashes and replicas.
+local function terminate(sid, reason, deadline, now)
+  local key = session_key(sid)
+  local h = redis.call('HMGET', key, 's', 'a', 'c')
+  if not h[1] or h[1] == 't' then return false end
+  redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason)
+  redis.call('ZREM', K_LIFE, sid)
+  redis.call('ZREM', K_IDLE, sid)
+  redis.call('ZREM', K_WARN, sid)
+  redis.call('SREM', live_key(h[2]), sid)
+  redis.call('PEXPIRE', key, RETENTION_MS)
+  if reason ~= 'external' then
+    local created = tonumber(h[3])
+    emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
+      'deadline', deadline, 'emitted_at', now, 'created_at', created,
+      'duration_ms', math.max(0, deadline - created))
+  end
+  return true
+end
+
+-- Seconds until the earliest live session of the account ends (at least 1).
+local function retry_after_seconds(account, now)
+  local earliest = nil
+  for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
+    local h = redis.call('HMGET', session_key(sid), 'e', 'l', 'i', 'k')
+    if h[1] then
+      local d = deadline_of(tonumber(h[1]), tonumber(h[2]), tonumber(h[3]), h[4])
+      if earliest == nil or d < earliest then earliest = d end
+    end
+  end
+  if earliest == nil then return 1 end
+  return math.max(1, math.ceil((earliest - now) / 1000))
+end
+
+--[[
+  Admission (SPEC §2, in its order) and creation of a session.
+  timeout and inactivity are strings ('' = default); auto_kill '1'/'0';
+  deferred_error: a field error found by the caller, reported after billing and limits.
+  Returns 1, deadline | -402, billing status | -429, retry-after seconds
+        | -422, message | -409, ''
+]]
+local function create_session(sid, account, timeout, inactivity, auto_kill, deferred_error,
+                              created_at)
+  local plan_name, billing = account_state(account)
+  if billing ~= 'ok' then return -402, billing end
+  local plan = plan_limits(plan_name)
+  if plan.max_concurrent >= 0
+     and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
+    return -429, retry_after_seconds(account, created_at)
+  end
+  if deferred_error ~= '' then return -422, deferred_error end
+  local m = tonumber(timeout) or math.min(3600, plan.max_duration)
+  if m > plan.max_duration then
+    return -422, 'timeout_seconds ' .. m .. ' is over the maximum of plan ' .. plan_name
+      .. ' (' .. plan.max_duration .. ' seconds)'
+  end
+  local key = session_key(sid)
+  if redis.call('EXISTS', key) == 1 then return -409, '' end
+  local i = tonumber(inactivity) or 300
+  local e = created_at + m * 1000
+  redis.call('HSET', key, 'a', account, 'p', plan_name, 's', 'r', 'c', created_at,
+    'e', e, 'l', created_at, 'i', i, 'm', m, 'k', auto_kill)
+  redis.call('SADD', live_key(account), sid)
+  redis.call('ZADD', K_LIFE, e, sid)
+  return 1, schedule(sid, e, created_at, i, auto_kill, nil)
+end
+
+--[[
+  Activity or keepalive at time ts (ms). Moves last_activity_at forward only; an
+  activity also turns a ready session running. Returns 'applied' or 'ignored:<why>'.
+]]
+local function touch(sid, account, ts, is_activity)
+  local key = session_key(sid)
+  local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k', 'w')
+  if not h[1] then return 'ignored:unknown_session' end
+  if h[2] ~= account then return 'ignored:unknown_session' end
+  if h[1] == 't' then return 'ignored:terminated' end
+  local l = tonumber(h[4])
+  if ts < l then return 'ignored:stale' end
+  if is_activity and h[1] == 'r' then redis.call('HSET', key, 's', 'u') end
+  if ts > l then
+    redis.call('HSET', key, 'l', ts)
+    schedule(sid, tonumber(h[3]), ts, tonumber(h[5]), h[6], h[7])
+  end
+  return 'applied'
+end
+
+-- Billing status (and optionally plan) of an account; a hold terminates its live sessions.
+local function set_billing(account, status, plan, at, now)
+  if plan ~= '' then
+    redis.call('HSET', account_key(account), 'plan', plan, 'billing', status)
+  else
+    redis.call('HSET', account_key(account), 'billing', status)
+  end
+  local ended = 0
+  if status ~= 'ok' and BILLING_HOLD then
+    for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
+      if terminate(sid, 'billing', at, now) then ended = ended + 1 end
+    end
+  end
+  return ended
+end
+
+-- A session's record for the caller: {code, now, field, value, ...}.
+local function view(code, sid, now)
+  local out = redis.call('HGETALL', session_key(sid))
+  table.insert(out, 1, now)
+  table.insert(out, 1, code)
+  return out
+end

@@ -1,0 +1,38 @@
+--[[
+  Where a consumer group stands in the events stream.
+  Needs K_EVENTS and id_ms from includes/common.lua.
+]]
+
+-- Fields of each consumer group of the events stream: name -> last-delivered-id.
+local function groups_of_events()
+  local out = {}
+  if redis.call('EXISTS', K_EVENTS) == 0 then return out end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', K_EVENTS)) do
+    local name, last
+    for j = 1, #g, 2 do
+      if g[j] == 'name' then name = g[j + 1]
+      elseif g[j] == 'last-delivered-id' then last = g[j + 1] end
+    end
+    out[name] = last
+  end
+  return out
+end
+
+local function id_less(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  return tonumber(as) < tonumber(bs)
+end
+
+-- The id of the earliest entry the group has not applied yet (pending, or not yet
+-- delivered), or nil when it has applied everything.
+local function first_unapplied(group, last_delivered)
+  local first = nil
+  local pending = redis.call('XPENDING', K_EVENTS, group)
+  if pending[1] > 0 then first = pending[2] end
+  local after = redis.call('XRANGE', K_EVENTS, '(' .. last_delivered, '+', 'COUNT', 1)
+  if #after > 0 and (first == nil or id_less(after[1][1], first)) then first = after[1][1] end
+  return first
+end

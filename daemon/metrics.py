@@ -1,0 +1,117 @@
+"""Prometheus metrics (SPEC §5), all in one registry owned by the daemon.
+
+Label values come from closed sets and are created up front so every series reads 0
+before its first event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from daemon import __version__
+from daemon.events import EVENT_TYPES
+from daemon.model import TERMINATION_REASONS
+
+# The `_created` series would double every counter and histogram and nobody reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+IGNORED_REASONS = ("unknown_session", "terminated", "stale")
+ADMISSION_RESULTS = (
+    "admitted",
+    "payment_required",
+    "concurrent_session_limit",
+    "invalid",
+    "conflict",
+)
+ADMISSION_BY_CODE = {
+    "402": "payment_required",
+    "429": "concurrent_session_limit",
+    "422": "invalid",
+    "409": "conflict",
+}
+
+_LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "lifecycle_events", "Events acknowledged, by type.", ["type"], registry=r
+        )
+        self.events_invalid = Counter(
+            "lifecycle_events_invalid", "Events dead-lettered as malformed.", registry=r
+        )
+        self.events_ignored = Counter(
+            "lifecycle_events_ignored",
+            "Events that changed nothing (unknown or terminated session, older ts).",
+            ["reason"],
+            registry=r,
+        )
+        self.terminations = Counter(
+            "lifecycle_terminations", "Sessions terminated, by reason.", ["reason"], registry=r
+        )
+        self.admissions = Counter(
+            "lifecycle_admissions", "Session creations, by admission result.", ["result"],
+            registry=r,
+        )  # fmt: skip
+        self.sessions_live = Gauge(
+            "lifecycle_sessions_live", "Live (ready or running) sessions, read from Redis.",
+            registry=r,
+        )  # fmt: skip
+        self.expiry_lateness = Histogram(
+            "lifecycle_expiry_lateness_seconds",
+            "Time from a timeout deadline to its terminate command (emitted_at - deadline).",
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "lifecycle_event_lag_seconds",
+            "Time from an event entering the stream to its application.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.redis_up = Gauge("lifecycle_redis_up", "1 when Redis answers, else 0.", registry=r)
+        self.ready = Gauge(
+            "lifecycle_ready", "1 when the daemon is ready (see /readyz), else 0.", registry=r
+        )
+        self.partitions_owned = Gauge(
+            "lifecycle_partitions_consumed",
+            "Partitions whose events this replica consumes (holds the lease of).",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "lifecycle_build_info", "Build information; the value is 1.", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+        for kind in EVENT_TYPES:
+            self.events.labels(type=kind)
+        for reason in IGNORED_REASONS:
+            self.events_ignored.labels(reason=reason)
+        for reason in TERMINATION_REASONS:
+            self.terminations.labels(reason=reason)
+        for result in ADMISSION_RESULTS:
+            self.admissions.labels(result=result)
+
+    def count_outcomes(self, types: list[str], outcomes: list[str]) -> None:
+        """Count one batch's outcomes from ``apply_events.lua``."""
+        for kind, outcome in zip(types, outcomes, strict=True):
+            if outcome == "skipped":
+                continue
+            if outcome == "dead":
+                self.events_invalid.inc()
+                continue
+            self.events.labels(type=kind).inc()
+            head, _, detail = outcome.partition(":")
+            if head == "ignored":
+                self.events_ignored.labels(reason=detail).inc()
+            elif head == "rejected":
+                self.admissions.labels(result=ADMISSION_BY_CODE[detail]).inc()
+            elif kind == "created":
+                self.admissions.labels(result="admitted").inc()
+            elif head == "ended" and kind == "billing":
+                self.terminations.labels(reason="billing").inc(int(detail))
+            elif head == "ended":
+                self.terminations.labels(reason=detail).inc()

@@ -1,0 +1,52 @@
+"""The Lua scripts: one file per atomic operation, loaded once and called by SHA.
+
+Each script under ``lua/`` may splice shared code with a line ``--- @include "name"``
+(``lua/includes/name.lua``). redis-py's script objects call ``EVALSHA`` and load the
+script again when the server answers NOSCRIPT (after a restart or failover).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import Any, Protocol
+
+_INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
+
+SCRIPT_NAMES = (
+    "create_session",
+    "get_session",
+    "keepalive",
+    "terminate_session",
+    "apply_events",
+    "expire_due",
+    "lease",
+    "lease_release",
+    "replicas",
+)
+
+
+@cache
+def script_source(name: str) -> str:
+    """The script's text with its includes spliced in."""
+    lua = resources.files("daemon") / "lua"
+
+    def include(match: re.Match[str]) -> str:
+        return (lua / "includes" / f"{match.group(1)}.lua").read_text()
+
+    return _INCLUDE.sub(include, (lua / f"{name}.lua").read_text())
+
+
+class AsyncScript(Protocol):
+    async def __call__(
+        self, keys: list[Any] | None = None, args: list[Any] | None = None, client: Any = None
+    ) -> Any: ...
+
+
+class ScriptRegistrar(Protocol):
+    def register_script(self, script: str) -> Any: ...
+
+
+def register_all(client: ScriptRegistrar) -> dict[str, AsyncScript]:
+    return {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
