@@ -28,6 +28,11 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.metrics import Metrics
+from daemon.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "lifecycled.service"
@@ -83,6 +88,16 @@ METRICS = {
     "lifecycle_build_info",
     "lifecycle_ready",
 } | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+
+
+def test_metrics_used_here_are_exported_by_the_daemon() -> None:
+    exposition = generate_latest(Metrics().registry).decode()
+    exported = {
+        sample.name
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+    assert exported >= METRICS, f"not exported: {sorted(METRICS - exported)}"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -415,8 +430,11 @@ def test_env_example_documents_known_settings() -> None:
         match = re.match(r"#\s*LIFECYCLE_([A-Z0-9_]+)=", stripped)
         if match:
             documented.add(match.group(1).lower())
-    assert documented <= SETTINGS, f"unknown settings: {sorted(documented - SETTINGS)}"
-    assert documented == SETTINGS, f"undocumented settings: {sorted(SETTINGS - documented)}"
+    # Every setting the SPEC names, and every one the daemon has, is documented.
+    actual = set(Settings.model_fields) | {"config_file"}
+    assert documented <= actual, f"unknown settings: {sorted(documented - actual)}"
+    assert actual >= SETTINGS, f"SPEC settings missing: {sorted(SETTINGS - actual)}"
+    assert documented == actual, f"undocumented settings: {sorted(actual - documented)}"
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -980,6 +998,27 @@ def test_dashboard_structure() -> None:
             assert not overlap, f"panels {t1!r} and {t2!r} overlap"
 
 
+def _datasources(node: Any) -> Iterator[Any]:
+    if isinstance(node, dict):
+        if "datasource" in node:
+            yield node["datasource"]
+        for value in node.values():
+            yield from _datasources(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _datasources(value)
+
+
+def test_dashboard_uses_only_the_datasource_input() -> None:
+    sources = list(_datasources(dashboard()))
+    assert sources
+    for source in sources:
+        if isinstance(source, dict) and source.get("type") == "grafana":
+            continue  # Grafana's built-in annotations
+        uid = source.get("uid") if isinstance(source, dict) else source
+        assert uid == "${DS_PROMETHEUS}", f"datasource {source!r} is not the DS_PROMETHEUS input"
+
+
 def test_dashboard_metrics_are_exported_ones() -> None:
     exprs = dashboard_exprs()
     for variable in dashboard()["templating"]["list"]:
@@ -1032,3 +1071,46 @@ def test_dashboard_exprs_parse(promtool: str, tmp_path: Path) -> None:
     )
     result = run_promtool(promtool, "check", "rules", "dashboard.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- settings
+
+# Stand-ins for values the manifests take from Secrets.
+SECRET_STANDINS = {
+    "LIFECYCLE_REDIS_URL": "redis://redis.example.internal:6379/0",
+    "LIFECYCLE_API_KEYS": "0" * 64 + ":admin",
+}
+
+
+def shipped_environments() -> Iterator[tuple[str, dict[str, str]]]:
+    unit = parse_unit(UNIT.read_text())
+    env = dict(i.split("=", 1) for v in unit["Service"]["Environment"] for i in shlex.split(v))
+    yield "systemd unit", env
+    yield "Dockerfile", env_of(split_stages(parse_dockerfile(DOCKERFILE.read_text()))[1][-1])
+    for name in ("deployment.yaml", "sidecar.yaml"):
+        pod_spec = one(load_manifests(name), "Deployment")["spec"]["template"]["spec"]
+        for container in lifecycled_containers(pod_spec):
+            env = {}
+            for item in container.get("env", []):
+                if item["name"].startswith("LIFECYCLE_"):
+                    value = item.get("value")
+                    env[item["name"]] = SECRET_STANDINS[item["name"]] if value is None else value
+            yield f"{name}:{container['name']}", env
+
+
+@pytest.mark.parametrize(
+    ("source", "env"), list(shipped_environments()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_shipped_environment_is_valid_configuration(
+    source: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The daemon's own settings validation accepts every environment shipped here."""
+    for name in list(os.environ):
+        if name.startswith("LIFECYCLE_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("%S", str(tmp_path)))
+    settings = load_settings(None)
+    assert settings.http_port == HTTP_PORT
+    assert settings.metrics_port == METRICS_PORT
+    assert settings.log_format == "json", source
