@@ -11,8 +11,6 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
 from daemon import __version__
 from daemon.api import make_api
@@ -22,22 +20,11 @@ from daemon.health import Health, watch_loop_lag
 from daemon.logs import configure_logging
 from daemon.metrics import Metrics
 from daemon.plans import PlansError, load_plans
+from daemon.redis_client import connect
 from daemon.settings import ConfigError, Settings, load_settings
 from daemon.store import Store
 
 log = structlog.get_logger("lifecycled")
-
-
-def connect(url: str, cluster: bool) -> Any:
-    """A redis-py asyncio client for ``url``; commands are retried by the loops."""
-    options: dict[str, Any] = {
-        "socket_connect_timeout": 5,
-        "socket_timeout": 10,
-        "health_check_interval": 15,
-    }
-    if cluster:
-        return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, **options)
 
 
 def make_metrics_app(metrics: Metrics, health: Health) -> web.Application:
