@@ -1,0 +1,119 @@
+"""Configuration: environment over TOML over defaults; bad values exit 2 with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.settings import ConfigError, load_settings
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "problem"),
+    [
+        ({"LIFECYCLE_PARTITIONS": "abc"}, "partitions", "valid integer"),
+        ({"LIFECYCLE_PARTITIONS": "0"}, "partitions", "greater than or equal to 1"),
+        ({"LIFECYCLE_HTTP_PORT": "99999"}, "http_port", "less than or equal to 65535"),
+        ({"LIFECYCLE_DEFAULT_PLAN": "gold"}, "default_plan", "unknown plan 'gold'"),
+        ({"LIFECYCLE_HTTP_HOST": "0.0.0.0"}, "http_host", "without api_keys"),
+        ({"LIFECYCLE_REDIS_URL": "http://x"}, "redis_url", "redis://"),
+        ({"LIFECYCLE_API_KEYS": "abc:admin"}, "api_keys", "64-digit hex"),
+        ({"LIFECYCLE_LOG_FORMAT": "xml"}, "log_format", "'json' or 'console'"),
+        ({"LIFECYCLE_PLANS_FILE": "/nonexistent/plans.toml"}, "plans_file", "No such file"),
+        ({"LIFECYCLE_CONFIG_FILE": "/nonexistent/x.toml"}, "config_file", "cannot read"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_invalid_setting_exits_2_with_one_line(
+    command: str, env: dict[str, str], setting: str, problem: str
+) -> None:
+    result = run_cli(command, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"lifecycled: invalid configuration: {setting}: ")
+    assert problem in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_redis_password_is_not_echoed_in_errors() -> None:
+    result = run_cli("check-config", env={"LIFECYCLE_REDIS_URL": "http://u:hunter2@x"})
+    assert result.returncode == 2
+    assert "hunter2" not in result.stderr
+
+
+def test_toml_file_and_environment_precedence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "lifecycled.toml"
+    config.write_text('partitions = 4\nkey_prefix = "fromfile"\nhttp_port = 9000\n')
+    monkeypatch.setenv("LIFECYCLE_PARTITIONS", "8")
+    settings = load_settings(config)
+    assert settings.partitions == 8  # environment wins
+    assert settings.key_prefix == "fromfile"  # file over default
+    assert settings.http_port == 9000
+    assert settings.commands_maxlen == 1_000_000  # default
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("warn_before_seconds = 30\n")
+    monkeypatch.setenv("LIFECYCLE_CONFIG_FILE", str(config))
+    assert load_settings().warn_before_seconds == 30
+
+
+def test_unknown_or_malformed_toml_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("partitons = 4\n")
+    with pytest.raises(ConfigError, match="partitons: unknown setting"):
+        load_settings(config)
+    config.write_text("partitions = \n")
+    with pytest.raises(ConfigError, match=r"config_file: .* is not valid TOML"):
+        load_settings(config)
+
+
+def test_shipped_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    settings = load_settings(root / "config" / "lifecycled.toml")
+    assert settings.partitions == 1
+    plans = settings.plans()
+    assert plans["free"].max_concurrent == 2 and plans["free"].max_duration_seconds == 3600
+    assert plans["pro"].max_concurrent == 10 and plans["pro"].max_duration_seconds == 14400
+    assert plans["enterprise"].max_concurrent is None
+    assert plans["enterprise"].max_duration_seconds == 86400
+
+
+def test_bad_plans_file_is_named(tmp_path: Path) -> None:
+    plans = tmp_path / "plans.toml"
+    plans.write_text("[plans.free]\nmax_concurrent = -1\nmax_duration_seconds = 10\n")
+    result = run_cli("check-config", env={"LIFECYCLE_PLANS_FILE": str(plans)})
+    assert result.returncode == 2
+    assert "plans_file:" in result.stderr and "positive integer" in result.stderr
+
+
+def test_non_loopback_host_with_keys_is_accepted() -> None:
+    digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    result = run_cli(
+        "check-config",
+        env={"LIFECYCLE_HTTP_HOST": "0.0.0.0", "LIFECYCLE_API_KEYS": f"{digest}:admin",
+             "LIFECYCLE_REDIS_URL": "redis://user:secret@localhost:6379/0"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "secret" not in result.stdout and digest not in result.stdout
+    assert "user:***@localhost" in result.stdout
