@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from daemon.events import ParsedEvent, parse_entry
 from daemon.keys import GROUP, PartitionKeys
 from daemon.metrics import Metrics
-from daemon.store import Store
+from daemon.store import OlderEntriesPending, Store
 
 log = structlog.get_logger("lifecycled.consumer")
 
@@ -43,13 +43,15 @@ class PartitionConsumer:
         store: Store,
         pk: PartitionKeys,
         replica_id: str,
+        lease_token: str,
         metrics: Metrics,
         on_deadline: Callable[[int | None], None],
     ) -> None:
         self.store = store
         self.redis = store.redis
         self.pk = pk
-        self.replica_id = replica_id
+        self.replica_id = replica_id  # the consumer name in the group
+        self.lease_token = lease_token
         self.metrics = metrics
         self.on_deadline = on_deadline
         self.settings = store.settings
@@ -85,7 +87,11 @@ class PartitionConsumer:
             finally:
                 self.reading = False
             if reply:
-                await self._apply(reply[0][1])
+                try:
+                    await self._apply(reply[0][1])
+                except OlderEntriesPending:
+                    # Claiming from the start applies the older entries, then this batch.
+                    await self._claim(min_idle_ms=0)
 
     async def _claim(self, min_idle_ms: int) -> None:
         """Take over entries other consumers read but never applied, oldest first.
@@ -112,7 +118,14 @@ class PartitionConsumer:
             if entries:
                 log.info("pending_events_claimed", partition=self.pk.partition,
                          count=len(entries))  # fmt: skip
-                await self._apply(entries)
+                try:
+                    await self._apply(entries)
+                except OlderEntriesPending:
+                    if not min_idle_ms:
+                        raise
+                    # Younger-than-idle entries are older than these: take everything.
+                    await self._claim(min_idle_ms=0)
+                    return
             if start == "0-0":
                 break
         await self._forget_idle_consumers()
@@ -132,7 +145,7 @@ class PartitionConsumer:
         events = [parse_entry(eid, fields, plans) for eid, fields in entries]
         # Shielded: once sent, the script's outcome must be read and counted even if the
         # daemon is shutting down; the script itself is atomic either way.
-        result = await asyncio.shield(self.store.apply_events(self.pk, self.replica_id, events))
+        result = await asyncio.shield(self.store.apply_events(self.pk, self.lease_token, events))
         if result is None:
             raise LeaseLost(self.pk.partition)
         self._account(events, result.outcomes, result.now_ms)

@@ -50,6 +50,7 @@ class Engine:
                          for pk in store.partitions}  # fmt: skip
         self._consumers: dict[int, tuple[PartitionConsumer, asyncio.Task[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._takings = 0  # makes each lease token unique to one taking
         self._stopping = False
 
     # Wiring for the API: writes made here wake the local expirer.
@@ -110,24 +111,31 @@ class Engine:
             order = list(self.store.partitions)
             random.shuffle(order)
             for pk in order:
-                if pk.partition in self._consumers:
-                    if not await self.store.take_lease(pk, self.replica_id):
+                held = self._consumers.get(pk.partition)
+                if held is not None:
+                    if not await self.store.take_lease(pk, held[0].lease_token, renew=True):
                         log.warning("partition_lease_lost", partition=pk.partition)
                         await self._drop(pk, release=False)
                     elif len(self._consumers) > fair:
                         log.info("partition_handed_over", partition=pk.partition, fair=fair)
                         await self._drop(pk, release=True)
-                elif len(self._consumers) < fair and await self.store.take_lease(
-                    pk, self.replica_id
-                ):
-                    self._adopt(pk)
+                elif len(self._consumers) < fair:
+                    self._takings += 1
+                    token = f"{self.replica_id}#{self._takings}"
+                    if await self.store.take_lease(pk, token, renew=False):
+                        self._adopt(pk, token)
             self.metrics.partitions_owned.set(len(self._consumers))
             await asyncio.sleep(ttl_s / 3 * random.uniform(0.8, 1.0))
 
-    def _adopt(self, pk: PartitionKeys) -> None:
+    def _adopt(self, pk: PartitionKeys, token: str) -> None:
         log.info("partition_lease_taken", partition=pk.partition, replica=self.replica_id)
         consumer = PartitionConsumer(
-            self.store, pk, self.replica_id, self.metrics, self.expirers[pk.partition].nudge
+            self.store,
+            pk,
+            self.replica_id,
+            token,
+            self.metrics,
+            self.expirers[pk.partition].nudge,
         )
         task = asyncio.get_running_loop().create_task(self._consume(consumer))
         self._consumers[pk.partition] = (consumer, task)
@@ -156,7 +164,7 @@ class Engine:
         consumer, task = entry
         await self._finish(consumer, task)
         if release:
-            await self.store.release_lease(pk, self.replica_id)
+            await self.store.release_lease(pk, consumer.lease_token)
 
     @staticmethod
     async def _finish(consumer: PartitionConsumer, task: asyncio.Task[None]) -> None:
@@ -180,9 +188,11 @@ class Engine:
                 await task
         held = list(self._consumers.items())
         await asyncio.gather(*(self._finish(consumer, task) for _, (consumer, task) in held))
-        for partition, _ in held:
+        for partition, (consumer, _) in held:
             with contextlib.suppress(RedisError, OSError):
-                await self.store.release_lease(self.store.partitions[partition], self.replica_id)
+                await self.store.release_lease(
+                    self.store.partitions[partition], consumer.lease_token
+                )
         with contextlib.suppress(RedisError, OSError):
             await self.store.unregister_replica(self.replica_id)
         self._consumers.clear()

@@ -43,6 +43,10 @@ class ExpireResult:
     lateness_ms: list[int]
 
 
+class OlderEntriesPending(Exception):
+    """Entries older than the batch are pending; they must be claimed and applied first."""
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -162,30 +166,33 @@ class Store:
     # The engine
 
     async def apply_events(
-        self, pk: PartitionKeys, replica_id: str, events: Sequence[ParsedEvent]
+        self, pk: PartitionKeys, lease_token: str, events: Sequence[ParsedEvent]
     ) -> ApplyResult | None:
-        """Apply and acknowledge a batch; ``None`` when this replica lost the lease."""
-        args: list[Any] = [replica_id, GROUP]
+        """Apply and acknowledge a batch; ``None`` when the lease is no longer held."""
+        args: list[Any] = [lease_token, GROUP]
         for event in events:
             args.append(event.entry_id)
             args.extend(event.args)
         reply = await self._call("apply_events", pk, *args)
         if int(reply[0]) == -1:
             return None
+        if int(reply[0]) == -2:
+            raise OlderEntriesPending(pk.partition)
         wake = int(reply[1])
         return ApplyResult(
             int(reply[0]), wake if wake >= 0 else None, [_text(o) for o in reply[2:]]
         )
 
-    async def take_lease(self, pk: PartitionKeys, replica_id: str) -> bool:
-        """Take or renew the partition's lease; False when another replica holds it."""
+    async def take_lease(self, pk: PartitionKeys, token: str, renew: bool) -> bool:
+        """Renew the lease held under ``token``, or take the partition's lease if free."""
         reply = await self._scripts["lease"](
-            keys=[pk.lease], args=[replica_id, self.settings.lease_ttl_ms]
+            keys=[pk.lease],
+            args=[token, self.settings.lease_ttl_ms, "renew" if renew else "take"],
         )
         return int(reply) == 1
 
-    async def release_lease(self, pk: PartitionKeys, replica_id: str) -> None:
-        await self._scripts["lease_release"](keys=[pk.lease], args=[replica_id])
+    async def release_lease(self, pk: PartitionKeys, token: str) -> None:
+        await self._scripts["lease_release"](keys=[pk.lease], args=[token])
 
     async def register_replica(self, replica_id: str) -> int:
         """Announce this replica for three lease periods; returns the live replica count."""

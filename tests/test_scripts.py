@@ -403,3 +403,26 @@ async def test_expiring_warning_once_per_deadline(harness: Make) -> None:
     # A keepalive moves the deadline: a new warning will come for the new one.
     view = await h.store.keepalive("s1")
     assert await h.redis.zscore(h.pk.warn, "s1") == (view.record.terminates_at or 0) - 1000
+
+
+async def test_a_batch_waits_for_older_entries_another_consumer_left_pending(
+    harness: Make,
+) -> None:
+    h: Harness = await harness()
+    await h.publish(type="created", session_id="s1", account_id="acme")
+    # A superseded holder read the create but never applied it.
+    await h.redis.xreadgroup("lifecycled", "old-holder", {h.pk.events: ">"})
+    await h.publish(type="terminate", session_id="s1", account_id="acme")
+    reply = await h.redis.xreadgroup("lifecycled", h.replica, {h.pk.events: ">"})
+    from daemon.events import parse_entry
+    from daemon.store import OlderEntriesPending
+
+    events = [parse_entry(eid, f, h.store.plans) for eid, f in reply[0][1]]
+    with pytest.raises(OlderEntriesPending):
+        await h.store.apply_events(h.pk, h.replica, events)
+    assert (await h.redis.xpending(h.pk.events, "lifecycled"))["pending"] == 2
+    # Claimed from the start, both apply in stream order.
+    claimed = await h.redis.xautoclaim(h.pk.events, "lifecycled", h.replica, 0, "0-0")
+    events = [parse_entry(eid, f, h.store.plans) for eid, f in claimed[1]]
+    result = await h.store.apply_events(h.pk, h.replica, events)
+    assert result is not None and result.outcomes == ["applied", "ended:requested"]

@@ -1,11 +1,12 @@
 --[[
-  Apply a batch of events of one partition, in stream order, and acknowledge exactly
+  Apply a batch of events of one partition (entries in id order), in stream order, and
+  acknowledge exactly
   the entries applied, in the same atomic step: an event's effect and its XACK are
   never separated by a crash.
 
   Input: KEYS and ARGV[1..8] as in includes/common.lua, then
-    ARGV[9]  replica id; the batch is refused unless it holds the partition's lease
-             (fencing: a paused, superseded consumer cannot apply anything)
+    ARGV[9]  lease token; the batch is refused unless the partition's lease is held
+             under it (fencing: a paused or superseded consumer cannot apply anything)
     ARGV[10] consumer group
     ARGV[11...] entries, each: entry id, op, argument count n, n arguments
       'C' created    session, account, timeout, inactivity, auto_kill, plan
@@ -16,7 +17,8 @@
       'B' billing    account, billing status, plan ('' = unchanged)
       'D' dead       error, then the entry's original field/value pairs
   Output:
-    {-1} the lease is not ours
+    {-1} the lease is not held under this token
+    {-2} an entry older than the batch is pending (the caller claims and applies it first)
     {now, earliest new deadline or -1, outcome per entry...}; outcomes: 'applied',
     'ended:<reason>' (terminate, terminated), 'ended:<count>' (billing: sessions held),
     'ignored:<reason>', 'rejected:<code>', 'dead', 'skipped' (no longer pending: an
@@ -29,6 +31,13 @@
 
 if redis.call('GET', K_LEASE) ~= ARGV[9] then return {-1} end
 local group = ARGV[10]
+
+-- Stream order: no entry older than this batch may still be waiting, whoever read it
+-- (a superseded holder may have read entries it can no longer apply).
+if ARGV[11] then
+  local oldest = redis.call('XPENDING', K_EVENTS, group, '-', '+', 1)
+  if #oldest > 0 and id_less(oldest[1][1], ARGV[11]) then return {-2} end
+end
 local now = now_ms()
 local wake = -1
 local out = {now, 0}

@@ -3,7 +3,7 @@
 
   Input:
     KEYS[1] lease string  P:{p}:lease
-    ARGV[1] replica id
+    ARGV[1] token the lease was taken under
   Output: 1 released, 0 not held by the caller
 ]]
 if redis.call('GET', KEYS[1]) == ARGV[1] then
