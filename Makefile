@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install run test lint typecheck pytest chaos bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,15 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# A longer chaos run than the one inside `make test`: make chaos SECONDS=600
+SECONDS ?= 300
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --seconds $(SECONDS)
+
+# Starts its own Valkey servers and daemons; not part of `make test`. ARGS=--quick: < 1 min.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

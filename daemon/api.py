@@ -1,9 +1,18 @@
-"""The HTTP API (SPEC §4): JSON in and out, every error as ``{"error", "message"}``."""
+"""The HTTP API (SPEC §4): JSON in and out, every error as ``{"error", "message"}``.
+
+Two middlewares wrap every handler: ``error_middleware`` (outermost) turns refusals,
+routing errors and Redis outages into the error body; ``auth_middleware`` checks the
+bearer key, the failed-authentication block, and records who is calling.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Any
 
 import structlog
@@ -11,18 +20,31 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from daemon import errors
+from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
 from daemon.engine import Engine
 from daemon.metrics import Metrics
-from daemon.model import ID_PATTERN, MAX_INACTIVITY_SECONDS, new_session_id
+from daemon.model import BILLING_STATUSES, ID_PATTERN, MAX_INACTIVITY_SECONDS, new_session_id
 from daemon.store import SessionView, Store
 
 log = structlog.get_logger("lifecycled.api")
 
 MAX_BODY_BYTES = 64 * 1024
+OPENAPI_PATH = "/v1/openapi.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The API keys (none: an open API where every caller is admin) and address policy."""
+
+    keys: tuple[ApiKey, ...]
+    trust_forwarded_for: bool = False
+
 
 STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", Metrics)
+ACCESS = web.AppKey("access", Access)
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 _CREATE_FIELDS = {
     "session_id",
@@ -31,6 +53,8 @@ _CREATE_FIELDS = {
     "inactivity_timeout_seconds",
     "auto_kill",
 }
+_PATCH_FIELDS = {"timeout_seconds", "inactivity_timeout_seconds", "auto_kill"}
+_ACCOUNT_FIELDS = {"plan", "billing_status"}
 _ADMISSION_RESULT = {
     errors.PaymentRequired: "payment_required",
     errors.ConcurrentSessionLimit: "concurrent_session_limit",
@@ -52,12 +76,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except errors.ConcurrentSessionLimit as exc:
-        return error_response(
-            exc.status, exc.code, exc.message, {"Retry-After": str(exc.retry_after)}
-        )
     except errors.LifecycleError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        headers = {}
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        if isinstance(exc, errors.Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        return error_response(exc.status, exc.code, exc.message, headers)
     except web.HTTPRequestEntityTooLarge:
         return error_response(
             413, "payload_too_large", f"The request body is over {MAX_BODY_BYTES} bytes."
@@ -66,55 +92,120 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             405,
             "method_not_allowed",
-            f"{request.method} is not allowed on {request.path}.",
+            f"{request.method} is not allowed on this path.",
             {"Allow": ", ".join(sorted(exc.allowed_methods))},
         )
     except web.HTTPNotFound:
-        return error_response(404, "not_found", f"No route {request.path}.")
+        return error_response(404, "not_found", "No such route.")
     except web.HTTPException as exc:
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason + ".")
     except (RedisError, OSError) as exc:
         log.warning("request_failed_redis_unavailable", path=request.path, error=str(exc))
         return error_response(503, "unavailable", "Redis is unreachable; retry shortly.")
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        return error_response(500, "internal_error", "The request failed unexpectedly.")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    access = request.app[ACCESS]
+    if not access.keys:
+        request[PRINCIPAL] = ADMIN
+        return await handler(request)
+    if request.path == OPENAPI_PATH and request.method in ("GET", "HEAD"):
+        # The description is public and served without Redis, even to a blocked address.
+        return await handler(request)
+    address = client_address(
+        request.remote, request.headers.get("X-Forwarded-For"), access.trust_forwarded_for
+    )
+    token = bearer_token(request.headers.get("Authorization"))
+    key = None if token is None else match_key(access.keys, token)
+    # One script call: a blocked address is refused whatever it presents, and a failure
+    # is recorded only while the address is not blocked.
+    state = await request.app[STORE].auth_failures(address, record=key is None)
+    if state.blocked:
+        raise errors.TooManyAuthFailures(max(1, math.ceil(state.retry_after_ms / 1000)))
+    if key is None:
+        log.info(
+            "auth_failed",
+            client=address,
+            reason="missing_key" if token is None else "wrong_key",
+            failures=state.count,
+        )
+        if token is None:
+            raise errors.Unauthorized("An API key is required (Authorization: Bearer <key>).")
+        raise errors.Unauthorized("The API key is not valid.")
+    request[PRINCIPAL] = Principal(key.account_id)
+    return await handler(request)
+
+
+def _principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+# Request bodies and fields
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise _UnsupportedMedia()
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise errors.UnsupportedMediaType("The body must be JSON (Content-Type: application/json).")
+    raw = await request.read()
     try:
-        body = await request.json(loads=json.loads)
-    except json.JSONDecodeError as exc:
-        raise _BadJson(f"The body is not valid JSON: {exc.msg}.") from None
+        body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise _BadJson("The body is not valid UTF-8.") from None
+        raise errors.BadRequest("The body is not valid UTF-8.") from None
+    except json.JSONDecodeError as exc:
+        raise errors.BadRequest(f"The body is not valid JSON: {exc.msg}.") from None
+    except RecursionError:
+        raise errors.BadRequest("The body is nested too deeply.") from None
     if not isinstance(body, dict):
-        raise _BadJson("The body must be a JSON object.")
+        raise errors.BadRequest("The body must be a JSON object.")
     return body
 
 
-class _UnsupportedMedia(errors.LifecycleError):
-    status = 415
-    code = "unsupported_media_type"
-
-    def __init__(self) -> None:
-        super().__init__("The body must be JSON (Content-Type: application/json).")
+def _name(field: str) -> str:
+    """A field name as it may appear in a message: quoted, escaped, ASCII."""
+    return json.dumps(field)
 
 
-class _BadJson(errors.LifecycleError):
-    status = 400
-    code = "bad_request"
-
-
-def _int_field(body: dict[str, Any], name: str, low: int, high: int | None) -> str | None:
-    """A problem with an optional integer field, or None."""
-    value = body.get(name)
-    if value is None and name not in body:
+def _unknown_fields(body: dict[str, Any], known: set[str]) -> str | None:
+    unknown = sorted(set(body) - known)
+    if not unknown:
         return None
+    return f"unknown field {_name(unknown[0])} (fields: {', '.join(sorted(known))})"
+
+
+def _int_field(
+    body: dict[str, Any], name: str, low: int, high: int | None
+) -> tuple[int | None, str | None]:
+    """An optional integer field: (value or None when absent, problem or None).
+
+    A JSON number without a fractional part (``60.0``) counts as an integer, as in JSON
+    Schema.
+    """
+    if name not in body:
+        return None, None
+    value = body[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        return f"{name} must be an integer"
+        return None, f"{name} must be an integer"
     if value < low or (high is not None and value > high):
-        return f"{name} must be between {low} and {high}" if high else f"{name} must be >= {low}"
-    return None
+        if high is None:
+            return None, f"{name} must be at least {low}"
+        return None, f"{name} must be between {low} and {high}"
+    return value, None
+
+
+def _bool_field(body: dict[str, Any], name: str) -> tuple[bool | None, str | None]:
+    if name not in body:
+        return None, None
+    value = body[name]
+    if not isinstance(value, bool):
+        return None, f"{name} must be true or false"
+    return value, None
 
 
 def _id_problem(name: str, value: Any) -> str | None:
@@ -123,8 +214,19 @@ def _id_problem(name: str, value: Any) -> str | None:
     return None
 
 
+def _path_id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    problem = _id_problem(name, value)
+    if problem:
+        raise errors.InvalidRequest(problem + ".")
+    return value
+
+
 def _view(view: SessionView, status: int = 200) -> web.Response:
     return web.json_response(view.status_object(), status=status)
+
+
+# Sessions
 
 
 async def create_session(request: web.Request) -> web.Response:
@@ -138,22 +240,31 @@ async def create_session(request: web.Request) -> web.Response:
         metrics.admissions.labels(result="invalid").inc()
         raise errors.InvalidRequest(problem + ".")
     account_id: str = body["account_id"]
+    scope = _principal(request).account_id
+    if scope is not None and account_id != scope:
+        raise errors.Forbidden(f"This API key may only create sessions of account {scope}.")
     # Other field errors are reported after the billing and concurrency checks (SPEC §2).
-    problems = [f"unknown field {name}" for name in sorted(set(body) - _CREATE_FIELDS)]
     session_id = body.get("session_id", new_session_id())
-    problems.append(_id_problem("session_id", session_id) or "")
-    problems.append(_int_field(body, "timeout_seconds", 1, None) or "")
-    problems.append(_int_field(body, "inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS) or "")
-    auto_kill = body.get("auto_kill", True)
-    if not isinstance(auto_kill, bool):
-        problems.append("auto_kill must be true or false")
+    id_problem = _id_problem("session_id", session_id)
+    timeout, timeout_problem = _int_field(body, "timeout_seconds", 1, None)
+    inactivity, inactivity_problem = _int_field(
+        body, "inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS
+    )
+    auto_kill, auto_kill_problem = _bool_field(body, "auto_kill")
+    problems = [
+        _unknown_fields(body, _CREATE_FIELDS),
+        id_problem,
+        timeout_problem,
+        inactivity_problem,
+        auto_kill_problem,
+    ]
     deferred = next((p for p in problems if p), "")
     try:
         view = await store.create_session(
-            session_id if isinstance(session_id, str) else "",
+            session_id if id_problem is None else "",
             account_id,
-            body.get("timeout_seconds") if not deferred else None,
-            body.get("inactivity_timeout_seconds") if not deferred else None,
+            timeout,
+            inactivity,
             auto_kill is not False,
             deferred,
         )
@@ -169,27 +280,132 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 async def get_session(request: web.Request) -> web.Response:
-    return _view(await request.app[STORE].get_session(request.match_info["session_id"]))
+    session_id = _path_id(request, "session_id")
+    scope = _principal(request).account_id
+    return _view(await request.app[STORE].get_session(session_id, account=scope))
 
 
 async def keepalive(request: web.Request) -> web.Response:
-    return _view(await request.app[STORE].keepalive(request.match_info["session_id"]))
+    session_id = _path_id(request, "session_id")
+    scope = _principal(request).account_id
+    return _view(await request.app[STORE].keepalive(session_id, account=scope))
 
 
-async def terminate(request: web.Request) -> web.Response:
-    view = await request.app[STORE].terminate(request.match_info["session_id"])
-    if view.changed:
-        request.app[METRICS].terminations.labels(reason="requested").inc()
+async def patch_session(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    body = await _json_object(request)
+    timeout, timeout_problem = _int_field(body, "timeout_seconds", 1, None)
+    inactivity, inactivity_problem = _int_field(
+        body, "inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS
+    )
+    auto_kill, auto_kill_problem = _bool_field(body, "auto_kill")
+    problems = [
+        _unknown_fields(body, _PATCH_FIELDS),
+        timeout_problem,
+        inactivity_problem,
+        auto_kill_problem,
+    ]
+    problem = next((p for p in problems if p), None)
+    if problem:
+        raise errors.InvalidRequest(problem + ".")
+    store = request.app[STORE]
+    view = await store.patch_session(
+        session_id, timeout, inactivity, auto_kill, account=_principal(request).account_id
+    )
+    record = view.record
+    request.app[ENGINE].nudge(store.partition_for(record.account_id), record.terminates_at)
+    log.info("session_updated", session_id=session_id, account_id=record.account_id,
+             fields=sorted(body))  # fmt: skip
     return _view(view)
 
 
+async def terminate(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    scope = _principal(request).account_id
+    view = await request.app[STORE].terminate(session_id, account=scope)
+    if view.changed:
+        request.app[METRICS].terminations.labels(reason="requested").inc()
+        log.info("session_terminated", session_id=session_id,
+                 account_id=view.record.account_id, reason="requested")  # fmt: skip
+    return _view(view)
+
+
+# Accounts
+
+
+def _account_in_scope(request: web.Request) -> str:
+    account_id = _path_id(request, "account_id")
+    scope = _principal(request).account_id
+    if scope is not None and account_id != scope:
+        raise errors.AccountNotFound(f"No account {account_id}.")
+    return account_id
+
+
+async def get_account(request: web.Request) -> web.Response:
+    account_id = _account_in_scope(request)
+    view = await request.app[STORE].get_account(account_id)
+    return web.json_response(view.account_object())
+
+
+async def put_account(request: web.Request) -> web.Response:
+    account_id = _path_id(request, "account_id")
+    if not _principal(request).is_admin:
+        raise errors.Forbidden("Only an admin key may change an account.")
+    body = await _json_object(request)
+    store = request.app[STORE]
+    plan = body.get("plan")
+    billing_status = body.get("billing_status")
+    problem = _unknown_fields(body, _ACCOUNT_FIELDS)
+    known_plan = isinstance(plan, str) and plan in store.plans
+    if problem is None and "plan" in body and not known_plan:
+        problem = f"plan must be one of {', '.join(sorted(store.plans))}"
+    if problem is None and "billing_status" in body and billing_status not in BILLING_STATUSES:
+        problem = f"billing_status must be one of {', '.join(BILLING_STATUSES)}"
+    if problem:
+        raise errors.InvalidRequest(problem + ".")
+    view, ended = await store.set_account(account_id, plan, billing_status)
+    if ended:
+        request.app[METRICS].terminations.labels(reason="billing").inc(ended)
+    log.info("account_updated", account_id=account_id, plan=view.plan,
+             billing_status=view.billing_status, sessions_terminated=ended)  # fmt: skip
+    return web.json_response(view.account_object())
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    account_id = _account_in_scope(request)
+    views = await request.app[STORE].list_sessions(account_id)
+    return web.json_response({"sessions": [v.status_object() for v in views]})
+
+
+# The API's description
+
+
+@cache
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 description shipped with the package (``daemon/openapi.json``)."""
+    return (resources.files("daemon") / "openapi.json").read_bytes()
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
 def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+    )
     app[STORE] = store
     app[ENGINE] = engine
     app[METRICS] = metrics
+    settings = store.settings
+    app[ACCESS] = Access(tuple(settings.keys()), settings.trust_forwarded_for)
+    app.router.add_get(OPENAPI_PATH, openapi)
     app.router.add_post("/v1/sessions", create_session)
     app.router.add_get("/v1/sessions/{session_id}", get_session)
-    app.router.add_post("/v1/sessions/{session_id}/keepalive", keepalive)
+    app.router.add_patch("/v1/sessions/{session_id}", patch_session)
     app.router.add_delete("/v1/sessions/{session_id}", terminate)
+    app.router.add_post("/v1/sessions/{session_id}/keepalive", keepalive)
+    app.router.add_get("/v1/accounts/{account_id}", get_account)
+    app.router.add_put("/v1/accounts/{account_id}", put_account)
+    app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)
     return app

@@ -4,16 +4,70 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from daemon import __version__
+from daemon.client import (
+    Account,
+    ConnectionFailed,
+    Forbidden,
+    InvalidRequest,
+    LifecycleClient,
+    LifecycleClientError,
+    PaymentRequired,
+    RateLimited,
+    ServiceUnavailable,
+    SessionNotFound,
+    SessionStatus,
+    Unauthorized,
+)
 from daemon.embedded import EmbeddedError
 from daemon.logs import configure_logging
+from daemon.model import BILLING_STATUSES
 from daemon.settings import ConfigError, Settings, load_settings
 
-EXIT_CONFIG = 2
+EXIT_OK = 0
+EXIT_API_ERROR = 1
+EXIT_CONFIG = 2  # invalid configuration, and bad input (as argparse's usage errors)
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+EXIT_AUTH = 5
+EXIT_UNREACHABLE = 6
+EXIT_INTERRUPTED = 130
+
+# Most specific first: the first matching class decides the exit code.
+_EXIT_CODES: list[tuple[type[LifecycleClientError], int]] = [
+    (ConnectionFailed, EXIT_UNREACHABLE),
+    (SessionNotFound, EXIT_NOT_FOUND),
+    (PaymentRequired, EXIT_REFUSED),
+    (RateLimited, EXIT_REFUSED),
+    (InvalidRequest, EXIT_CONFIG),
+    (Unauthorized, EXIT_AUTH),
+    (Forbidden, EXIT_AUTH),
+]
+
+EPILOG = """\
+API commands take --api URL (default $LIFECYCLE_API_URL, else the local daemon at
+http://127.0.0.1:$LIFECYCLE_HTTP_PORT or :8080), --api-key KEY (default $LIFECYCLE_API_KEY)
+and --json (print the API's JSON instead of a table).
+
+exit codes:
+  0    success (keepalive --every: stopped by SIGINT or SIGTERM)
+  1    any other error answered by the API (e.g. 409 session terminated, 503)
+  2    bad input (400/413/415/422, usage errors) or invalid configuration
+  3    not found (404)
+  4    refused by limits or billing (402, 429)
+  5    unauthorized or forbidden (401, 403)
+  6    server unreachable or no answer in time
+  130  interrupted (Ctrl-C) during any other command
+"""
 
 
 def _settings_or_exit(config: str | None) -> Settings:
@@ -42,10 +96,328 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# The API commands
+
+
+def default_api_url() -> str:
+    """``$LIFECYCLE_API_URL``, else the daemon on this machine (its ``http_port``)."""
+    url = os.environ.get("LIFECYCLE_API_URL")
+    if url:
+        return url
+    return f"http://127.0.0.1:{os.environ.get('LIFECYCLE_HTTP_PORT') or 8080}"
+
+
+def exit_code_for(exc: LifecycleClientError) -> int:
+    for cls, code in _EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_API_ERROR
+
+
+def _fail(message: str, code: int) -> int:
+    print("lifecycled: " + " ".join(message.split()), file=sys.stderr)
+    return code
+
+
+ApiAction = Callable[[LifecycleClient, argparse.Namespace], Awaitable[int]]
+
+
+def _api_command(action: ApiAction) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(_with_client(action, args))
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+
+    return run
+
+
+async def _with_client(action: ApiAction, args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get("LIFECYCLE_API_KEY") or None
+    try:
+        client = LifecycleClient(args.api or default_api_url(), api_key)
+    except ValueError as exc:
+        return _fail(f"--api: {exc}", EXIT_CONFIG)
+    async with client:
+        try:
+            return await action(client, args)
+        except LifecycleClientError as exc:
+            return _fail(exc.message, exit_code_for(exc))
+
+
+def relative(seconds: float) -> str:
+    """``in 4m 12s`` for a moment ``seconds`` ahead, ``3s ago`` for one behind."""
+    left = round(abs(seconds))
+    if left == 0:
+        return "now"
+    counts: list[tuple[int, str]] = []
+    for size, name in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
+        count, left = divmod(left, size)
+        counts.append((count, name))
+    first = next(i for i, (count, _) in enumerate(counts) if count)
+    # Two units are precise enough for people: "1d 3h", "4m 12s".
+    text = " ".join(f"{count}{name}" for count, name in counts[first : first + 2] if count)
+    return f"in {text}" if seconds > 0 else f"{text} ago"
+
+
+def _moment(when: datetime | None, now: datetime, none: str = "-") -> str:
+    if when is None:
+        return none
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC ({relative((when - now).total_seconds())})"
+
+
+def _deadline_kind(status: SessionStatus) -> str:
+    if status.terminates_at is not None and status.terminates_at == status.idle_expires_at:
+        return "inactivity"
+    return "max lifetime"
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        print(f"{name:<{width}}{value}")
+
+
+def _print_status(status: SessionStatus) -> None:
+    now = datetime.now(UTC)
+    state: str = status.status
+    if status.termination_reason:
+        state += f" ({status.termination_reason})"
+    rows = [
+        ("session", status.session_id),
+        ("account", status.account_id),
+        ("plan", status.plan),
+        ("status", state),
+        ("created", _moment(status.created_at, now)),
+        ("last activity", _moment(status.last_activity_at, now)),
+        ("expires", _moment(status.expires_at, now)),
+        ("idle expires", _moment(status.idle_expires_at, now)),
+    ]
+    if status.terminated:
+        rows.append(("terminated", _moment(status.terminated_at, now)))
+    else:
+        # The server computed remaining_seconds on its clock; ours may disagree a little.
+        rows.append(
+            ("terminates", f"{relative(status.remaining_seconds)} ({_deadline_kind(status)})")
+        )
+    rows += [
+        ("max lifetime", f"{status.max_lifetime_seconds} s"),
+        ("inactivity timeout", f"{status.inactivity_timeout_seconds} s"),
+        ("auto kill", "yes" if status.auto_kill else "no"),
+    ]
+    _print_rows(rows)
+
+
+def _print_account(account: Account) -> None:
+    limit = "unlimited" if account.max_concurrent is None else str(account.max_concurrent)
+    _print_rows(
+        [
+            ("account", account.account_id),
+            ("plan", account.plan),
+            ("billing status", account.billing_status),
+            ("live sessions", f"{account.live_sessions} of {limit}"),
+            ("max duration", f"{account.max_duration_seconds} s"),
+        ]
+    )
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _show(status: SessionStatus, args: argparse.Namespace) -> int:
+    if args.json:
+        _print_json(status.raw)
+    else:
+        _print_status(status)
+    return EXIT_OK
+
+
+async def api_create(client: LifecycleClient, args: argparse.Namespace) -> int:
+    status = await client.create(
+        args.account,
+        session_id=args.session_id,
+        timeout_seconds=args.timeout,
+        inactivity_timeout_seconds=args.inactivity_timeout,
+        auto_kill=False if args.no_auto_kill else None,
+    )
+    return _show(status, args)
+
+
+async def api_status(client: LifecycleClient, args: argparse.Namespace) -> int:
+    return _show(await client.status(args.session_id), args)
+
+
+async def api_terminate(client: LifecycleClient, args: argparse.Namespace) -> int:
+    return _show(await client.terminate(args.session_id), args)
+
+
+async def api_keepalive(client: LifecycleClient, args: argparse.Namespace) -> int:
+    if args.every is None:
+        return _show(await client.keepalive(args.session_id), args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Stopping is how a wrapping script ends the loop (kill or Ctrl-C): a success.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        first = True
+        while not stop.is_set():
+            try:
+                _print_kept_alive(await client.keepalive(args.session_id), args)
+            except (ConnectionFailed, ServiceUnavailable) as exc:
+                if first:
+                    raise
+                # A blip must not end the loop: the session outlives one missed keepalive.
+                print(f"lifecycled: keepalive failed, retrying: {exc.message}", file=sys.stderr)
+            first = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.every)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return EXIT_OK
+
+
+def _print_kept_alive(status: SessionStatus, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(status.raw), flush=True)
+    else:
+        print(
+            f"{status.session_id} kept alive; terminates {relative(status.remaining_seconds)} "
+            f"({_deadline_kind(status)})",
+            flush=True,
+        )
+
+
+async def api_sessions(client: LifecycleClient, args: argparse.Namespace) -> int:
+    sessions = await client.sessions(args.account)
+    if args.json:
+        _print_json({"sessions": [s.raw for s in sessions]})
+        return EXIT_OK
+    if not sessions:
+        print(f"no live sessions for account {args.account}")
+        return EXIT_OK
+    now = datetime.now(UTC)
+    table = [("SESSION", "STATUS", "PLAN", "CREATED", "TERMINATES")]
+    for s in sessions:
+        table.append(
+            (
+                s.session_id,
+                s.status,
+                s.plan,
+                relative((s.created_at - now).total_seconds()),
+                f"{relative(s.remaining_seconds)} ({_deadline_kind(s)})",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+async def api_account(client: LifecycleClient, args: argparse.Namespace) -> int:
+    if args.plan is None and args.billing_status is None:
+        account = await client.account(args.account)
+    else:
+        account = await client.set_account(
+            args.account, plan=args.plan, billing_status=args.billing_status
+        )
+    if args.json:
+        _print_json(account.raw)
+    else:
+        _print_account(account)
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_api_commands(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("API options")
+    group.add_argument(
+        "--api", metavar="URL", help="API base URL (default $LIFECYCLE_API_URL, else local)"
+    )
+    group.add_argument(
+        "--api-key", metavar="KEY", help="API key (default $LIFECYCLE_API_KEY; prefer the env)"
+    )
+    group.add_argument("--json", action="store_true", help="print the API's JSON")
+
+    def command(name: str, help: str, action: ApiAction) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            parents=[common],
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.set_defaults(func=_api_command(action))
+        return parser
+
+    create = command("create", "create a session", api_create)
+    create.add_argument("--account", required=True, metavar="ID", help="account id")
+    create.add_argument("--session-id", metavar="ID", help="session id (default: generated)")
+    create.add_argument("--timeout", type=_positive_int, metavar="S", help="max lifetime, s")
+    create.add_argument(
+        "--inactivity-timeout", type=_positive_int, metavar="S", help="inactivity timeout, s"
+    )
+    create.add_argument(
+        "--no-auto-kill", action="store_true", help="do not terminate on inactivity"
+    )
+
+    status = command("status", "show a session", api_status)
+    status.add_argument("session_id", metavar="ID")
+
+    keepalive = command(
+        "keepalive", "keep a session alive (once, or --every S seconds)", api_keepalive
+    )
+    keepalive.add_argument("session_id", metavar="ID")
+    keepalive.add_argument(
+        "--every",
+        type=_positive_seconds,
+        metavar="S",
+        help="send a keepalive every S seconds until SIGINT or SIGTERM (then exit 0)",
+    )
+
+    terminate = command("terminate", "terminate a session", api_terminate)
+    terminate.add_argument("session_id", metavar="ID")
+
+    sessions = command("sessions", "list an account's live sessions", api_sessions)
+    sessions.add_argument("account", metavar="ACCOUNT")
+
+    account = command("account", "show an account, or set its plan and billing status", api_account)
+    account.add_argument("account", metavar="ACCOUNT")
+    account.add_argument("--plan", metavar="P", help="set the plan")
+    account.add_argument(
+        "--billing-status", choices=BILLING_STATUSES, help="set the billing status"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lifecycled",
         description="Session lifecycle daemon: lifetime and inactivity deadlines in Redis.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"lifecycled {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -59,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="PATH", help="TOML settings file")
     check.set_defaults(func=cmd_check_config)
+
+    _add_api_commands(sub)
     return parser
 
 

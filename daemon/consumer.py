@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 from daemon.events import ParsedEvent, parse_entry
 from daemon.keys import GROUP, PartitionKeys
 from daemon.metrics import Metrics
+from daemon.shield import shielded
 from daemon.store import OlderEntriesPending, Store
 
 log = structlog.get_logger("lifecycled.consumer")
@@ -145,7 +146,7 @@ class PartitionConsumer:
         events = [parse_entry(eid, fields, plans) for eid, fields in entries]
         # Shielded: once sent, the script's outcome must be read and counted even if the
         # daemon is shutting down; the script itself is atomic either way.
-        result = await asyncio.shield(self.store.apply_events(self.pk, self.lease_token, events))
+        result = await shielded(self.store.apply_events(self.pk, self.lease_token, events))
         if result is None:
             raise LeaseLost(self.pk.partition)
         self._account(events, result.outcomes, result.now_ms)

@@ -18,20 +18,21 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daemon.consumer import BLOCK_MS, LeaseLost, PartitionConsumer, ensure_group
 from daemon.expirer import PartitionExpirer
 from daemon.health import Health
-from daemon.keys import PartitionKeys
+from daemon.keys import PartitionKeys, config_key
 from daemon.metrics import Metrics
+from daemon.redis_client import TRANSIENT_ERRORS
 from daemon.store import Store
 
 log = structlog.get_logger("lifecycled.engine")
 
 PING_INTERVAL_SECONDS = 1.0
+# The client retries a failed command for seconds; readiness must not wait that long.
+PING_TIMEOUT_SECONDS = 2.0
 LIVE_COUNT_INTERVAL_SECONDS = 5.0
 
 
@@ -63,48 +64,76 @@ class Engine:
         return sorted(self._consumers)
 
     async def start(self) -> None:
+        initialize = getattr(self.redis, "initialize", None)
+        if initialize is not None:
+            # Redis Cluster: map the slots once before the loops start together; redis-py
+            # can break a connection when many tasks race to map them on first use.
+            # Unreachable now is fine: the loops retry and the client maps the slots then.
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await initialize()
         spawn = asyncio.get_running_loop().create_task
-        self._tasks.append(spawn(self._supervise("redis_ping", self._ping_loop)))
+        # The ping loop finds out when Redis is back; the others are woken by it.
+        self._tasks.append(spawn(self._supervise("redis_ping", self._ping_loop, wake=False)))
         self._tasks.append(spawn(self._supervise("consumer", self._lease_loop)))
-        for expirer in self.expirers.values():
-            self._tasks.append(spawn(self._supervise("expirer", expirer.run)))
-        self.health.running.setdefault("consumer", False)
-        self.health.running.setdefault("expirer", False)
+        for p, expirer in self.expirers.items():
+            self._tasks.append(spawn(self._supervise(f"expirer:{p}", expirer.run)))
 
-    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run a loop forever; Redis failures flip readiness and back off with jitter."""
+    async def _supervise(
+        self, name: str, body: Callable[[], Awaitable[None]], wake: bool = True
+    ) -> None:
+        """Run a loop until stopped; a failure flips readiness and restarts it after a backoff.
+
+        ``wake``: restart as soon as Redis answers again rather than at the backoff's end.
+        """
         while not self._stopping:
-            self.health.running[name] = True
+            self.health.started(name)
             try:
                 await body()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                delay = self.health.redis_failed(exc)
-            except RedisError as exc:
-                log.error("redis_command_failed", loop=name, error=f"{type(exc).__name__}: {exc}")
-                delay = self.health.redis_failed(exc)
-            await asyncio.sleep(delay)
+                return
+            except TRANSIENT_ERRORS as exc:
+                delay = self.health.failed(name, exc, connection=True)
+            except Exception as exc:
+                # A Redis error reply or a bug: restart the loop, keep the daemon up.
+                delay = self.health.failed(name, exc, connection=False)
+            if wake:
+                await self.health.backoff(delay)
+            else:
+                await asyncio.sleep(delay)
 
     async def _ping_loop(self) -> None:
         last_count = -math.inf
         loop = asyncio.get_running_loop()
         while True:
-            await self.redis.ping()
+            try:
+                await asyncio.wait_for(self.redis.ping(), PING_TIMEOUT_SECONDS)
+            except TRANSIENT_ERRORS as exc:
+                # This loop alone decides whether Redis is reachable (see Health.failed).
+                self.health.redis_failed(exc)
+                raise
             self.health.redis_ok()
             if loop.time() - last_count >= LIVE_COUNT_INTERVAL_SECONDS:
-                await self.refresh_live_count()
+                # Gauges only: a failure here says nothing the ping did not.
+                with contextlib.suppress(RedisError, *TRANSIENT_ERRORS):
+                    await self.refresh_live_count()
                 last_count = loop.time()
             await asyncio.sleep(PING_INTERVAL_SECONDS)
 
     async def refresh_live_count(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for pk in self.store.partitions:
-            pipe.zcard(pk.life)
-        self.metrics.sessions_live.set(sum(await pipe.execute()))
+        """Refresh the gauges of shared state (live sessions, backlogs) from Redis."""
+        await self.metrics.refresh_from_redis(self.redis, self.store.partitions)
 
     async def _lease_loop(self) -> None:
         ttl_s = self.store.settings.lease_ttl_ms / 1000
         for pk in self.store.partitions:
             await ensure_group(self.redis, pk)
+        # Producers read these to route and validate events as this deployment does.
+        await self.redis.hset(
+            config_key(self.store.settings.key_prefix),
+            mapping={
+                "partitions": len(self.store.partitions),
+                "plans": ",".join(self.store.plans),
+            },
+        )
         while not self._stopping:
             replicas = await self.store.register_replica(self.replica_id)
             fair = math.ceil(len(self.store.partitions) / max(1, replicas))
@@ -141,21 +170,25 @@ class Engine:
         self._consumers[pk.partition] = (consumer, task)
 
     async def _consume(self, consumer: PartitionConsumer) -> None:
-        while not self._stopping:
-            try:
-                await consumer.run()
-                return
-            except LeaseLost:
-                log.warning("partition_lease_lost", partition=consumer.pk.partition)
-                self._consumers.pop(consumer.pk.partition, None)
-                return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.debug("consumer_redis_error", stopping=self._stopping, error=repr(exc))
-                delay = self.health.redis_failed(exc)
-            except RedisError as exc:
-                log.error("redis_command_failed", loop="consumer", error=str(exc))
-                delay = self.health.redis_failed(exc)
-            await asyncio.sleep(delay)
+        name = f"consumer:{consumer.pk.partition}"
+        try:
+            while not self._stopping:
+                self.health.started(name)
+                try:
+                    await consumer.run()
+                    return
+                except LeaseLost:
+                    log.warning("partition_lease_lost", partition=consumer.pk.partition)
+                    self._consumers.pop(consumer.pk.partition, None)
+                    return
+                except TRANSIENT_ERRORS as exc:
+                    delay = self.health.failed(name, exc, connection=True)
+                except Exception as exc:
+                    delay = self.health.failed(name, exc, connection=False)
+                await self.health.backoff(delay)
+        finally:
+            # A partition this replica no longer consumes does not hold readiness back.
+            self.health.forget(name)
 
     async def _drop(self, pk: PartitionKeys, release: bool) -> None:
         entry = self._consumers.pop(pk.partition, None)
@@ -189,10 +222,10 @@ class Engine:
         held = list(self._consumers.items())
         await asyncio.gather(*(self._finish(consumer, task) for _, (consumer, task) in held))
         for partition, (consumer, _) in held:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(RedisError, *TRANSIENT_ERRORS):
                 await self.store.release_lease(
                     self.store.partitions[partition], consumer.lease_token
                 )
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(RedisError, *TRANSIENT_ERRORS):
             await self.store.unregister_replica(self.replica_id)
         self._consumers.clear()

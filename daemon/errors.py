@@ -51,3 +51,41 @@ class SessionNotFound(LifecycleError):
 class SessionTerminated(LifecycleError):
     status = 409
     code = "session_terminated"
+
+
+class AccountNotFound(LifecycleError):
+    """An account outside an account key's scope: 404, so account ids do not leak."""
+
+    status = 404
+    code = "account_not_found"
+
+
+class BadRequest(LifecycleError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(LifecycleError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(LifecycleError):
+    status = 403
+    code = "forbidden"
+
+
+class UnsupportedMediaType(LifecycleError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class TooManyAuthFailures(LifecycleError):
+    status = 429
+    code = "too_many_auth_failures"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many failed authentication attempts from this address; retry in {retry_after} s."
+        )
+        self.retry_after = retry_after

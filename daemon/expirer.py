@@ -14,6 +14,7 @@ import structlog
 
 from daemon.keys import PartitionKeys
 from daemon.metrics import Metrics
+from daemon.shield import shielded
 from daemon.store import ExpireResult, Store
 
 log = structlog.get_logger("lifecycled.expirer")
@@ -40,7 +41,7 @@ class PartitionExpirer:
             self._wake.set()
 
     async def run_once(self) -> ExpireResult:
-        result = await asyncio.shield(self.store.expire_due(self.pk))
+        result = await shielded(self.store.expire_due(self.pk))
         if result.terminated:
             m = self.metrics
             m.terminations.labels(reason="inactivity").inc(result.by_inactivity)

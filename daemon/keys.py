@@ -12,6 +12,12 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
 - ``P:{p}:lease``        string, the replica that consumes the partition now
+
+Per deployment:
+
+- ``P:config``           hash, ``partitions`` and ``plans`` (comma-separated names), written
+                         by the daemon so producers (``daemon.publisher``) route and validate
+                         events as it does
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import zlib
 from dataclasses import dataclass
 
 GROUP = "lifecycled"
+
+
+def config_key(prefix: str) -> str:
+    return f"{prefix}:config"
 
 
 def partition_of(account_id: str, partitions: int) -> int:

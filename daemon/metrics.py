@@ -6,10 +6,14 @@ before its first event.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from daemon import __version__
 from daemon.events import EVENT_TYPES
+from daemon.keys import GROUP, PartitionKeys
 from daemon.model import TERMINATION_REASONS
 
 # The `_created` series would double every counter and histogram and nobody reads them.
@@ -82,6 +86,17 @@ class Metrics:
             "Partitions whose events this replica consumes (holds the lease of).",
             registry=r,
         )
+        self.events_backlog = Gauge(
+            "lifecycle_events_backlog",
+            "Entries of a partition's events stream not yet applied, read from Redis.",
+            ["partition"],
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "lifecycle_event_loop_lag_seconds",
+            "How late the event loop last ran a scheduled callback (see /healthz).",
+            registry=r,
+        )
         self.build_info = Gauge(
             "lifecycle_build_info", "Build information; the value is 1.", ["version"], registry=r
         )
@@ -94,6 +109,22 @@ class Metrics:
             self.terminations.labels(reason=reason)
         for result in ADMISSION_RESULTS:
             self.admissions.labels(result=result)
+
+    async def refresh_from_redis(self, redis: Any, partitions: Sequence[PartitionKeys]) -> None:
+        """Read the gauges describing shared state from Redis, so every replica agrees."""
+        pipe = redis.pipeline(transaction=False)
+        for pk in partitions:
+            pipe.zcard(pk.life)
+            pipe.xlen(pk.events)
+            pipe.xinfo_groups(pk.events)
+        replies = await pipe.execute(raise_on_error=False)
+        live = 0
+        for i, pk in enumerate(partitions):
+            count, length, groups = replies[3 * i : 3 * i + 3]
+            if isinstance(count, int):
+                live += count
+            self.events_backlog.labels(partition=str(pk.partition)).set(_backlog(length, groups))
+        self.sessions_live.set(live)
 
     def count_outcomes(self, types: list[str], outcomes: list[str]) -> None:
         """Count one batch's outcomes from ``apply_events.lua``."""
@@ -115,3 +146,22 @@ class Metrics:
                 self.terminations.labels(reason="billing").inc(int(detail))
             elif head == "ended":
                 self.terminations.labels(reason=detail).inc()
+
+
+def _backlog(length: Any, groups: Any) -> int:
+    """Entries the daemon's group has not applied: not yet delivered plus pending.
+
+    ``lag`` is unknown to the server after some deletions; the stream's length, which
+    trimming keeps to the unapplied entries, stands in for it then.
+    """
+    if not isinstance(groups, list):
+        return length if isinstance(length, int) else 0
+    for group in groups:
+        name = group.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) != GROUP:
+            continue
+        lag = group.get("lag")
+        if lag is None:
+            return length if isinstance(length, int) else 0
+        return int(lag) + int(group.get("pending") or 0)
+    return length if isinstance(length, int) else 0

@@ -1,11 +1,44 @@
-"""The Redis client for a ``redis_url``: a single server or Redis Cluster."""
+"""The Redis client for a ``redis_url``: a single server or Redis Cluster.
+
+In Cluster mode every script and stream command names keys of one partition only, all
+carrying the partition's hash tag ``{p}``, so each call goes to the one node owning that
+slot. redis-py's cluster client follows ``MOVED``/``ASK`` redirections and refreshes its
+slot map itself; what it gives up on (a failover still in progress, slots not covered
+for a moment) surfaces as one of ``TRANSIENT_ERRORS``, which the engine's loops treat
+like a lost connection: not ready, back off with jitter, try again.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    RedisClusterException,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Failures that pass by themselves: the server or a cluster node is unreachable, or the
+# cluster is resharding or failing over (MovedError is a subclass of AskError).
+# RedisClusterException is not a RedisError, so a loop catching only RedisError would die.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    ClusterDownError,
+    TryAgainError,
+    AskError,
+    RedisClusterException,
+)
 
 
 def connect(url: str, cluster: bool) -> Any:
@@ -15,6 +48,43 @@ def connect(url: str, cluster: bool) -> Any:
         "socket_timeout": 10,
         "health_check_interval": 15,
     }
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_master(url, options)
     if cluster:
-        return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, **options)
+        # Blocking XREADGROUPs hold a connection each (one per held partition), plus the
+        # expirers and HTTP requests: more than redis-py's default cap per node when a
+        # replica holds many partitions of one node.
+        return RedisCluster.from_url(url, max_connections=1000, **options)
+    # A burst of requests waits for a free connection instead of failing at the cap;
+    # blocked XREADGROUPs hold one connection per consumed partition.
+    pool = BlockingConnectionPool.from_url(url, max_connections=256, timeout=5, **options)
+    return Redis(connection_pool=pool)
+
+
+def _sentinel_master(url: str, options: dict[str, Any]) -> Any:
+    """``redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]``.
+
+    The client asks the Sentinels for the current primary on every new connection, so
+    after a failover the loops' reconnects reach the promoted replica. The credentials
+    are the data nodes'; ``?sentinel_password=`` authenticates to the Sentinels.
+    """
+    parts = urlsplit(url)
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.partition(":")
+        sentinels.append((name, int(port or 26379)))
+    service, _, db = parts.path.strip("/").partition("/")
+    query = parse_qs(parts.query)
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"][0]
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(
+        service,
+        db=int(db or 0),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        max_connections=1000,
+        **options,
+    )

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # Redis
     redis_url: SecretStr | None = None
     redis_cluster: bool = False
+    # Writes wait for this many replicas to acknowledge them (WAIT) before a batch is
+    # acknowledged, a command counts as emitted or an API call answers; 0 = do not wait.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     key_prefix: str = "lifecycle"
     partitions: int = Field(default=1, ge=1, le=16384)
     data_dir: Path = Field(default_factory=_default_data_dir)
@@ -73,6 +77,9 @@ class Settings(BaseSettings):
     # HTTP
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None
+    # Take the client address of failed-auth blocking from the last X-Forwarded-For entry
+    # (the one a trusted reverse proxy appends) instead of the socket's peer address.
+    trust_forwarded_for: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
     metrics_host: str = "0.0.0.0"
@@ -105,9 +112,14 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"scheme must be redis://, rediss:// or unix://, got {scheme!r}")
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            raise ValueError(
+                "scheme must be redis://, rediss://, unix:// or redis+sentinel://, "
+                f"got {parts.scheme!r}"
+            )
+        if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
+            raise ValueError("redis+sentinel:// needs the service name: .../<service>[/<db>]")
         return value
 
     @field_validator("key_prefix")
@@ -157,7 +169,13 @@ class Settings(BaseSettings):
     @field_validator("http_host")
     @classmethod
     def _check_http_host(cls, value: str, info: ValidationInfo) -> str:
-        has_keys = info.data.get("api_keys") is not None or info.data.get("api_keys_file")
+        # Count parsed entries: an empty or comments-only setting leaves the API open.
+        keys = info.data.get("api_keys")
+        text = keys.get_secret_value() if keys is not None else ""
+        keys_file = info.data.get("api_keys_file")
+        if keys_file is not None:
+            text += "\n" + keys_file.read_text()
+        has_keys = bool(parse_api_keys(text))
         if not _is_loopback(value) and not has_keys:
             raise ValueError(
                 f"refusing to serve the API on non-loopback address {value!r} without api_keys"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import structlog
 
 from daemon import errors
 from daemon.events import ParsedEvent
@@ -26,6 +29,38 @@ class SessionView:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountView:
+    account_id: str
+    plan: str
+    billing_status: str
+    live_sessions: int
+    max_concurrent: int | None  # None: unlimited
+    max_duration_seconds: int
+
+    def account_object(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "plan": self.plan,
+            "billing_status": self.billing_status,
+            "live_sessions": self.live_sessions,
+            "max_concurrent": self.max_concurrent,
+            "max_duration_seconds": self.max_duration_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailures:
+    blocked: bool
+    retry_after_ms: int  # until the block ends; 0 when not blocked
+    count: int  # failures of the address within the window
+
+
+# Failed-authentication blocking (SPEC §4): this many failures within the window.
+AUTH_FAILURE_LIMIT = 10
+AUTH_FAILURE_WINDOW_MS = 600_000
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyResult:
     now_ms: int
     earliest_new_deadline: int | None
@@ -41,6 +76,13 @@ class ExpireResult:
     warned: int
     by_inactivity: int
     lateness_ms: list[int]
+
+
+# Scripts that change nothing need no replica acknowledgement.
+_READ_ONLY = frozenset({"get_session", "list_sessions", "get_account"})
+
+
+log = structlog.get_logger("lifecycled.store")
 
 
 class OlderEntriesPending(Exception):
@@ -69,6 +111,7 @@ class Store:
             PartitionKeys(settings.key_prefix, p) for p in range(settings.partitions)
         ]
         self._replicas_key = f"{settings.key_prefix}:replicas"
+        self._acks_missing = False
         self._scripts: dict[str, AsyncScript] = register_all(redis)
         self.set_plans(plans)
 
@@ -92,7 +135,23 @@ class Store:
             1 if s.billing_hold_terminates else 0,
             s.max_clock_skew_ms,
         ]
-        return await self._scripts[name](keys=keys, args=[*context, *args])
+        script = self._scripts[name]
+        if not self.settings.redis_wait_replicas or name in _READ_ONLY:
+            return await script(keys=keys, args=[*context, *args])
+        # WAIT covers the writes of its own connection: send both on one pipeline.
+        pipe = self.redis.pipeline(transaction=False)
+        await script(keys=keys, args=[*context, *args], client=pipe)
+        pipe.wait(self.settings.redis_wait_replicas, self.settings.redis_wait_timeout_ms)
+        reply, acked = await pipe.execute()
+        missing = int(acked) < self.settings.redis_wait_replicas
+        if missing != self._acks_missing:
+            self._acks_missing = missing
+            if missing:
+                log.warning("redis_replica_ack_missing", script=name, acked=int(acked),
+                            wanted=self.settings.redis_wait_replicas)  # fmt: skip
+            else:
+                log.info("redis_replica_ack_restored")
+        return reply
 
     # Sessions through the API
 
@@ -142,8 +201,17 @@ class Store:
                 return pk
         return None
 
-    async def _by_id(self, script: str, session_id: str, *args: Any) -> SessionView:
+    async def _by_id(
+        self, script: str, session_id: str, *args: Any, account: str | None = None
+    ) -> SessionView:
         pk = await self._locate(session_id)
+        if pk is not None and account is not None:
+            # An account key's caller learns nothing of other accounts' sessions. A session's
+            # account never changes and its id is not reused while readable, so checking
+            # ahead of the script is as good as checking inside it.
+            owner = await self.redis.hget(pk.session(session_id), "a")
+            if owner is None or _text(owner) != account:
+                pk = None
         reply = None if pk is None else await self._call(script, pk, session_id, *args)
         if reply is None or int(reply[0]) == -404:
             raise errors.SessionNotFound(f"No session {session_id}.")
@@ -154,14 +222,113 @@ class Store:
             raise errors.SessionTerminated(f"Session {session_id} is terminated.")
         return _view(session_id, reply)
 
-    async def get_session(self, session_id: str) -> SessionView:
-        return await self._by_id("get_session", session_id)
+    async def get_session(self, session_id: str, account: str | None = None) -> SessionView:
+        """``account``: the caller sees only that account's sessions (others are unknown)."""
+        return await self._by_id("get_session", session_id, account=account)
 
-    async def keepalive(self, session_id: str) -> SessionView:
-        return await self._by_id("keepalive", session_id)
+    async def keepalive(self, session_id: str, account: str | None = None) -> SessionView:
+        return await self._by_id("keepalive", session_id, account=account)
 
-    async def terminate(self, session_id: str, reason: str = "requested") -> SessionView:
-        return await self._by_id("terminate_session", session_id, reason)
+    async def terminate(
+        self, session_id: str, reason: str = "requested", account: str | None = None
+    ) -> SessionView:
+        return await self._by_id("terminate_session", session_id, reason, account=account)
+
+    async def patch_session(
+        self,
+        session_id: str,
+        timeout_seconds: int | None = None,
+        inactivity_timeout_seconds: int | None = None,
+        auto_kill: bool | None = None,
+        account: str | None = None,
+    ) -> SessionView:
+        """Change a live session's limits; ``None`` leaves a field as it is."""
+        pk = await self._locate(session_id)
+        reply = None
+        if pk is not None:
+            reply = await self._call(
+                "patch_session",
+                pk,
+                session_id,
+                "" if timeout_seconds is None else timeout_seconds,
+                "" if inactivity_timeout_seconds is None else inactivity_timeout_seconds,
+                "" if auto_kill is None else ("1" if auto_kill else "0"),
+                account or "",
+            )
+        if reply is None or int(reply[0]) == -404:
+            raise errors.SessionNotFound(f"No session {session_id}.")
+        code = int(reply[0])
+        if code == -409:
+            raise errors.SessionTerminated(f"Session {session_id} is terminated.")
+        if code == -422:
+            raise errors.InvalidRequest(_text(reply[1]) + ".")
+        return _view(session_id, reply)
+
+    async def list_sessions(self, account_id: str) -> list[SessionView]:
+        """The account's live sessions, oldest first."""
+        reply = await self._call("list_sessions", self.partition_for(account_id), account_id)
+        now = int(reply[0])
+        views = []
+        for entry in reply[1:]:
+            flat = [_text(v) for v in entry]
+            fields = dict(zip(flat[1::2], flat[2::2], strict=True))
+            views.append(SessionView(SessionRecord.from_fields(flat[0], fields), now))
+        views.sort(key=lambda v: (v.record.created_at, v.record.session_id))
+        return views
+
+    # Accounts
+
+    def _account_view(self, account_id: str, reply: Sequence[Any]) -> AccountView:
+        plan = _text(reply[0])
+        # A plan removed from the plans file since it was set: the scripts apply the default.
+        limits = self.plans.get(plan) or self.plans[self.settings.default_plan]
+        return AccountView(
+            account_id=account_id,
+            plan=plan,
+            billing_status=_text(reply[1]),
+            live_sessions=int(reply[2]),
+            max_concurrent=limits.max_concurrent,
+            max_duration_seconds=limits.max_duration_seconds,
+        )
+
+    async def get_account(self, account_id: str) -> AccountView:
+        """The account's state; one never written has the defaults."""
+        reply = await self._call("get_account", self.partition_for(account_id), account_id)
+        return self._account_view(account_id, reply)
+
+    async def set_account(
+        self, account_id: str, plan: str | None = None, billing_status: str | None = None
+    ) -> tuple[AccountView, int]:
+        """Set plan and/or billing status; returns the account and the sessions a hold ended.
+
+        The caller checks that the plan and the billing status are known ones.
+        """
+        reply = await self._call(
+            "set_account",
+            self.partition_for(account_id),
+            account_id,
+            plan or "",
+            billing_status or "",
+        )
+        return self._account_view(account_id, reply[1:]), int(reply[0])
+
+    # Failed-authentication blocking, shared by all replicas through Redis
+
+    def auth_failures_key(self, address: str) -> str:
+        return f"{self.settings.key_prefix}:authfail:{address}"
+
+    async def auth_failures(self, address: str, record: bool) -> AuthFailures:
+        """Whether ``address`` is blocked; ``record`` adds a failure unless it is."""
+        reply = await self._scripts["auth_failure"](
+            keys=[self.auth_failures_key(address)],
+            args=[
+                AUTH_FAILURE_WINDOW_MS,
+                AUTH_FAILURE_LIMIT,
+                "1" if record else "0",
+                secrets.token_hex(8),
+            ],
+        )
+        return AuthFailures(int(reply[0]) == 1, int(reply[1]), int(reply[2]))
 
     # The engine
 

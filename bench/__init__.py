@@ -1,0 +1,1 @@
+"""lifecycled benchmark: ``python -m bench.run`` (``make bench``)."""

@@ -1,0 +1,572 @@
+"""The Python client of the HTTP API (SPEC §4): typed models, typed errors, managed sessions.
+
+```python
+async with LifecycleClient("http://127.0.0.1:8080", api_key=key) as client:
+    async with client.session(account_id="acme", keepalive_every=30) as session:
+        ...  # the session is kept alive here and terminated on the way out
+```
+
+Every error the API answers raises a subclass of :class:`LifecycleClientError` chosen by
+status and code in one table (``_ERRORS``); a server that cannot be reached, or that does
+not answer within ``timeout`` seconds, raises :class:`ConnectionFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Coroutine
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import structlog
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
+
+log = structlog.get_logger("lifecycled.client")
+_T = TypeVar("_T")
+
+__all__ = [
+    "Account",
+    "Conflict",
+    "ConnectionFailed",
+    "Forbidden",
+    "InvalidRequest",
+    "LifecycleClient",
+    "LifecycleClientError",
+    "ManagedSession",
+    "PaymentRequired",
+    "RateLimited",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "SessionNotFound",
+    "SessionStatus",
+    "SessionTerminated",
+    "Unauthorized",
+]
+
+# Models
+
+
+class _ApiModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # The answer as the API sent it, for callers that pass it on (``lifecycled --json``).
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, data: Any) -> Self:
+        model = cls.model_validate(data)
+        model._raw = data
+        return model
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return self._raw
+
+
+class SessionStatus(_ApiModel):
+    """The status object of SPEC §1; times are aware UTC datetimes."""
+
+    session_id: str
+    account_id: str
+    plan: str
+    status: Literal["ready", "running", "terminated"]
+    created_at: datetime
+    expires_at: datetime
+    idle_expires_at: datetime | None
+    last_activity_at: datetime
+    max_lifetime_seconds: int
+    inactivity_timeout_seconds: int
+    auto_kill: bool
+    terminates_at: datetime | None
+    remaining_seconds: float
+    terminated_at: datetime | None
+    termination_reason: (
+        Literal["max_lifetime", "inactivity", "requested", "billing", "external"] | None
+    )
+
+    @field_validator(
+        "created_at",
+        "expires_at",
+        "idle_expires_at",
+        "last_activity_at",
+        "terminates_at",
+        "terminated_at",
+    )
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    @property
+    def terminated(self) -> bool:
+        return self.status == "terminated"
+
+
+class Account(_ApiModel):
+    """The account object of SPEC §4; ``max_concurrent`` is None for unlimited."""
+
+    account_id: str
+    plan: str
+    billing_status: Literal["ok", "balance_depleted", "payment_failed", "card_expired"]
+    live_sessions: int
+    max_concurrent: int | None
+    max_duration_seconds: int
+
+
+# Errors
+
+
+class LifecycleClientError(Exception):
+    """Base of every client error: the HTTP ``status`` (None without an answer), ``code``
+    and ``message`` of the API's ``{"error", "message"}`` body."""
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, code={self.code!r})"
+
+
+class PaymentRequired(LifecycleClientError):
+    """402: the account's billing status is not ``ok``."""
+
+
+class RateLimited(LifecycleClientError):
+    """429: too many concurrent sessions, or too many failed authentications."""
+
+    def __init__(
+        self, status: int | None, code: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(status, code, message)
+        self.retry_after = retry_after
+
+
+class SessionNotFound(LifecycleClientError):
+    """404: no such session (or not one this API key may see)."""
+
+
+class SessionTerminated(LifecycleClientError):
+    """409 ``session_terminated``: the session is terminated; it cannot be changed."""
+
+
+class Conflict(LifecycleClientError):
+    """409 ``session_exists`` (or another conflict): the session id is taken."""
+
+
+class InvalidRequest(LifecycleClientError):
+    """400, 413, 415 or 422: the request broke a rule; the message says which."""
+
+
+class Unauthorized(LifecycleClientError):
+    """401: the API key is missing or wrong."""
+
+
+class Forbidden(LifecycleClientError):
+    """403: the API key's role may not do this (e.g. ``PUT`` an account without admin)."""
+
+
+class ServiceUnavailable(LifecycleClientError):
+    """503: the daemon cannot reach Redis right now."""
+
+
+class ConnectionFailed(LifecycleClientError):
+    """No answer: the server is unreachable or the connection broke."""
+
+
+class RequestTimeout(ConnectionFailed):
+    """No answer within the client's ``timeout``."""
+
+
+# (status, code) first, then status alone; anything else is the base class.
+_ERRORS: dict[tuple[int, str | None], type[LifecycleClientError]] = {
+    (400, None): InvalidRequest,
+    (401, None): Unauthorized,
+    (402, None): PaymentRequired,
+    (403, None): Forbidden,
+    (404, None): SessionNotFound,
+    (409, "session_terminated"): SessionTerminated,
+    (409, None): Conflict,
+    (413, None): InvalidRequest,
+    (415, None): InvalidRequest,
+    (422, None): InvalidRequest,
+    (429, None): RateLimited,
+    (503, None): ServiceUnavailable,
+}
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def error_from_answer(status: int, body: str, headers: Any = None) -> LifecycleClientError:
+    """The typed exception for an error answer (a JSON ``{"error", "message"}`` body or not)."""
+    code, message = f"http_{status}", ""
+    with contextlib.suppress(ValueError):
+        data = json.loads(body)
+        if isinstance(data, dict):
+            code = str(data.get("error") or code)
+            message = str(data.get("message") or "")
+    if not message:
+        # Not the API talking (a proxy, another program on the port): show what it said.
+        snippet = " ".join(body.split())[:200]
+        message = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+    cls = _ERRORS.get((status, code)) or _ERRORS.get((status, None)) or LifecycleClientError
+    if cls is RateLimited:
+        retry = _retry_after(headers.get("Retry-After") if headers is not None else None)
+        return RateLimited(status, code, message, retry)
+    return cls(status, code, message)
+
+
+# The client
+
+_IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "PATCH"})
+
+
+class LifecycleClient:
+    """An async client of one lifecycled API over one ``aiohttp`` session.
+
+    ``retries`` > 0 retries idempotent calls (everything but ``create``) that failed
+    without an answer, with exponential backoff from ``retry_backoff`` seconds.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 0,
+        retry_backoff: float = 0.2,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retries = retries
+        self._retry_backoff = retry_backoff
+        self._http: aiohttp.ClientSession | None = None
+        # Terminations that must finish even though their caller was cancelled.
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Finish the pending terminations, then close the connection pool."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=self._timeout.total)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self._http
+
+    # HTTP
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        attempts = 1 + (
+            self._retries if method in _IDEMPOTENT or path.endswith("/keepalive") else 0
+        )
+        for attempt in range(attempts):
+            try:
+                return await self._request_once(method, path, body)
+            except ConnectionFailed as exc:
+                if attempt + 1 >= attempts:
+                    raise
+                delay = self._retry_backoff * 2**attempt
+                log.info(
+                    "request_retried", method=method, path=path, error=exc.message, delay_s=delay
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request_once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        url = self.base_url + path
+        try:
+            async with self._session().request(method, url, json=body) as resp:
+                text = await resp.text(errors="replace")
+                if resp.status >= 400:
+                    raise error_from_answer(resp.status, text, resp.headers)
+        except TimeoutError:
+            raise RequestTimeout(
+                None, "timeout", f"{self.base_url} did not answer within {self._timeout.total} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(
+                None, "connection_failed", f"cannot reach {self.base_url}: {_reason(exc)}"
+            ) from None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise LifecycleClientError(
+                resp.status, "bad_answer", f"{url} answered {resp.status} with a non-JSON body"
+            ) from None
+
+    async def _status(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = await self._request(method, path, body)
+        try:
+            return SessionStatus.from_api(data)
+        except ValidationError as exc:
+            raise _bad_answer(path, exc) from None
+
+    # Sessions
+
+    async def create(
+        self,
+        account_id: str,
+        *,
+        session_id: str | None = None,
+        timeout_seconds: int | None = None,
+        inactivity_timeout_seconds: int | None = None,
+        auto_kill: bool | None = None,
+    ) -> SessionStatus:
+        """``POST /v1/sessions``; unset arguments take the server's defaults."""
+        body = _without_none(
+            account_id=account_id,
+            session_id=session_id,
+            timeout_seconds=timeout_seconds,
+            inactivity_timeout_seconds=inactivity_timeout_seconds,
+            auto_kill=auto_kill,
+        )
+        result: SessionStatus = await self._status("POST", "/v1/sessions", body)
+        return result
+
+    async def status(self, session_id: str) -> SessionStatus:
+        result: SessionStatus = await self._status("GET", _session_path(session_id))
+        return result
+
+    async def keepalive(self, session_id: str) -> SessionStatus:
+        path = _session_path(session_id) + "/keepalive"
+        result: SessionStatus = await self._status("POST", path)
+        return result
+
+    async def update(
+        self,
+        session_id: str,
+        *,
+        timeout_seconds: int | None = None,
+        inactivity_timeout_seconds: int | None = None,
+        auto_kill: bool | None = None,
+    ) -> SessionStatus:
+        """``PATCH`` the given fields; the others stay as they are."""
+        body = _without_none(
+            timeout_seconds=timeout_seconds,
+            inactivity_timeout_seconds=inactivity_timeout_seconds,
+            auto_kill=auto_kill,
+        )
+        result: SessionStatus = await self._status("PATCH", _session_path(session_id), body)
+        return result
+
+    async def terminate(self, session_id: str) -> SessionStatus:
+        """Terminate with reason ``requested``; terminating a terminated session is a no-op."""
+        result: SessionStatus = await self._status("DELETE", _session_path(session_id))
+        return result
+
+    # Accounts
+
+    async def sessions(self, account_id: str) -> list[SessionStatus]:
+        """The account's live sessions."""
+        path = _account_path(account_id) + "/sessions"
+        data = await self._request("GET", path)
+        try:
+            return [SessionStatus.from_api(item) for item in data["sessions"]]
+        except (ValidationError, KeyError, TypeError) as exc:
+            raise _bad_answer(path, exc) from None
+
+    async def account(self, account_id: str) -> Account:
+        return await self._account("GET", account_id, None)
+
+    async def set_account(
+        self, account_id: str, *, plan: str | None = None, billing_status: str | None = None
+    ) -> Account:
+        """Set the plan and/or billing status (needs an admin key when keys are configured)."""
+        return await self._account(
+            "PUT", account_id, _without_none(plan=plan, billing_status=billing_status)
+        )
+
+    async def _account(self, method: str, account_id: str, body: dict[str, Any] | None) -> Account:
+        path = _account_path(account_id)
+        data = await self._request(method, path, body)
+        try:
+            return Account.from_api(data)
+        except ValidationError as exc:
+            raise _bad_answer(path, exc) from None
+
+    # Managed sessions
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self,
+        account_id: str,
+        *,
+        session_id: str | None = None,
+        timeout_seconds: int | None = None,
+        inactivity_timeout_seconds: int | None = None,
+        auto_kill: bool | None = None,
+        keepalive_every: float | None = None,
+    ) -> AsyncIterator[ManagedSession]:
+        """Create a session for the block, keep it alive, and terminate it on the way out.
+
+        The termination runs whether the block ends normally, raises or is cancelled;
+        it is shielded from cancellation, and :meth:`aclose` waits for it.
+        """
+        if keepalive_every is not None and keepalive_every <= 0:
+            raise ValueError("keepalive_every must be positive")
+        creating = asyncio.ensure_future(
+            self.create(
+                account_id,
+                session_id=session_id,
+                timeout_seconds=timeout_seconds,
+                inactivity_timeout_seconds=inactivity_timeout_seconds,
+                auto_kill=auto_kill,
+            )
+        )
+        try:
+            created = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # The server may admit it anyway; a leaked session would count against the plan.
+            self._track(self._terminate_once_created(creating))
+            raise
+        handle = ManagedSession(self, created)
+        keeper = None
+        if keepalive_every is not None:
+            keeper = asyncio.ensure_future(self._keep_alive(handle, keepalive_every))
+        try:
+            yield handle
+        except BaseException:
+            await self._stop_and_terminate(handle, keeper, quiet=True)
+            raise
+        await self._stop_and_terminate(handle, keeper, quiet=False)
+
+    async def _keep_alive(self, handle: ManagedSession, every: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            due += every
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            try:
+                handle.last_status = await self.keepalive(handle.session_id)
+                handle.keepalive_error = None
+            except (SessionTerminated, SessionNotFound) as exc:
+                handle.keepalive_error = exc
+                log.warning("keepalive_stopped", session_id=handle.session_id, error=exc.message)
+                return
+            except LifecycleClientError as exc:
+                handle.keepalive_error = exc
+                log.warning(
+                    "keepalive_failed",
+                    session_id=handle.session_id,
+                    error=exc.message,
+                    code=exc.code,
+                )
+
+    async def _stop_and_terminate(
+        self, handle: ManagedSession, keeper: asyncio.Future[None] | None, *, quiet: bool
+    ) -> None:
+        """Terminate under a shield; with ``quiet`` (the block raised) a failure is only logged
+        so that it does not hide the block's own exception."""
+        if keeper is not None:
+            keeper.cancel()
+        task = self._track(self.terminate(handle.session_id))
+        try:
+            handle.last_status = await asyncio.shield(task)
+        except SessionNotFound:
+            pass  # gone already (retention passed): nothing left to terminate
+        except LifecycleClientError as exc:
+            if not quiet:
+                raise
+            log.error(
+                "session_terminate_failed",
+                session_id=handle.session_id,
+                error=exc.message,
+                code=exc.code,
+            )
+
+    async def _terminate_once_created(self, creating: asyncio.Future[SessionStatus]) -> None:
+        with contextlib.suppress(LifecycleClientError):
+            created = await creating
+            await self.terminate(created.session_id)
+
+    def _track(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here so that a failure after the caller was cancelled is still seen.
+            log.error("session_terminate_failed", error=str(task.exception()))
+
+
+class ManagedSession:
+    """The handle ``client.session()`` yields."""
+
+    def __init__(self, client: LifecycleClient, created: SessionStatus) -> None:
+        self.client = client
+        self.session_id = created.session_id
+        self.created = created
+        self.last_status = created
+        # The last failed background keepalive, cleared by the next one that succeeds.
+        self.keepalive_error: LifecycleClientError | None = None
+
+    async def status(self) -> SessionStatus:
+        self.last_status = await self.client.status(self.session_id)
+        return self.last_status
+
+    async def keepalive(self) -> SessionStatus:
+        self.last_status = await self.client.keepalive(self.session_id)
+        return self.last_status
+
+
+def _session_path(session_id: str) -> str:
+    return "/v1/sessions/" + quote(session_id, safe="")
+
+
+def _account_path(account_id: str) -> str:
+    return "/v1/accounts/" + quote(account_id, safe="")
+
+
+def _without_none(**fields: Any) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _bad_answer(path: str, exc: Exception) -> LifecycleClientError:
+    return LifecycleClientError(200, "bad_answer", f"unexpected answer from {path}: {exc}")
+
+
+def _reason(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if error.errno and error.errno > 0:
+            # asyncio's "Connect call failed (...)" hides the reason that errno names.
+            return os.strerror(error.errno).lower()
+        return error.strerror or str(error)
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,13 @@
+--[[
+  Read an account: its plan, billing status and number of live sessions. An account
+  never written has the defaults (default plan, billing ok).
+
+  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
+    ARGV[9] account id
+  Output: {plan, billing status, live sessions}
+]]
+--- @include "common"
+
+local account = ARGV[9]
+local plan, billing = account_state(account)
+return {plan, billing, redis.call('SCARD', live_key(account))}

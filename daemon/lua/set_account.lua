@@ -1,0 +1,24 @@
+--[[
+  Set an account's plan and/or billing status through the API (PUT). A billing
+  status other than ok terminates every live session of the account with reason
+  billing (when billing_hold_terminates), one terminate command each, in this step.
+
+  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
+    ARGV[9]  account id
+    ARGV[10] plan ('' = unchanged); the caller checks it is a known plan
+    ARGV[11] billing status ('' = unchanged); the caller checks it is a known status
+  Output: {sessions terminated, plan, billing status, live sessions}
+  Commands: one `terminate` (reason billing, deadline = now) per session ended.
+]]
+--- @include "common"
+
+local account, plan, billing = ARGV[9], ARGV[10], ARGV[11]
+local now = now_ms()
+local ended = 0
+if billing ~= '' then
+  ended = set_billing(account, billing, plan, now, now)
+elseif plan ~= '' then
+  redis.call('HSET', account_key(account), 'plan', plan)
+end
+local plan_now, billing_now = account_state(account)
+return {ended, plan_now, billing_now, redis.call('SCARD', live_key(account))}

@@ -1,0 +1,408 @@
+"""Chaos run: load on three replicas while they are killed, paused and Valkey restarts.
+
+    python -m tests.chaos --seconds 60 [--seed N]
+
+A load generator creates sessions with short timeouts (through the events stream and the
+HTTP API) and sends activity, keepalive, terminate and terminated events, while a
+controller ``kill -9``s, SIGSTOPs (longer than ``claim_idle_ms``) and restarts three
+``lifecycled run`` replicas at random instants and kills and restarts Valkey (append-only,
+``appendfsync always``). When every session has ended, a checker reads Redis and the
+commands streams and verifies each guarantee of SPEC §3 for every session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import tempfile
+import time
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from tests.servers import Daemon, ValkeyProcess
+
+PARTITIONS = 4
+ACCOUNTS = [f"acct{i}" for i in range(12)]
+SETTINGS = {
+    "LIFECYCLE_PARTITIONS": str(PARTITIONS),
+    "LIFECYCLE_LEASE_TTL_MS": "1500",
+    "LIFECYCLE_CLAIM_IDLE_MS": "2000",
+    "LIFECYCLE_LOG_LEVEL": "info",
+}
+PAUSE_SECONDS = 3.0  # longer than claim_idle_ms and the lease
+LOAD_WORKERS = 6
+
+
+def partition(account: str) -> int:
+    return zlib.crc32(account.encode()) % PARTITIONS
+
+
+def events_key(account: str) -> str:
+    return f"lifecycle:{{{partition(account)}}}:events"
+
+
+@dataclass
+class SentEvent:
+    kind: str
+    entry_ms: int
+
+
+@dataclass
+class Report:
+    kills: int = 0
+    pauses: int = 0
+    valkey_restarts: int = 0
+    sessions: int = 0
+    events: int = 0
+    api_calls: int = 0
+    api_failures: int = 0
+    invalid_sent: int = 0
+    terminations: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"replica kills (-9): {self.kills}",
+            f"replica pauses (SIGSTOP {PAUSE_SECONDS:.0f}s): {self.pauses}",
+            f"valkey restarts (kill -9): {self.valkey_restarts}",
+            f"sessions attempted: {self.sessions}",
+            f"events published: {self.events} ({self.invalid_sent} malformed)",
+            f"API calls: {self.api_calls} ({self.api_failures} failed during faults)",
+            "terminations: " + ", ".join(f"{k}={v}" for k, v in sorted(self.terminations.items())),
+            f"violations: {len(self.violations)}",
+        ]
+        return "\n".join(lines + [f"  {v}" for v in self.violations[:50]])
+
+
+class Chaos:
+    def __init__(self, workdir: Path, seconds: float, seed: int) -> None:
+        self.workdir = workdir
+        self.seconds = seconds
+        self.rng = random.Random(seed)
+        self.valkey = ValkeyProcess(workdir / "valkey", "--appendfsync", "always")
+        (workdir / "valkey").mkdir(parents=True, exist_ok=True)
+        self.replicas: list[Daemon] = []
+        self.report = Report()
+        self.redis: Any = None
+        # What the generator did, per session id.
+        self.accounts: dict[str, str] = {}
+        self.activity: dict[str, list[int]] = defaultdict(list)  # entry times (ms)
+        self.requested: set[str] = set()  # terminate sent (stream or DELETE)
+        self.external: set[str] = set()
+        self.live: list[str] = []
+        self._stop = asyncio.Event()
+
+    # Processes
+
+    def start_replica(self, index: int) -> None:
+        env = {**SETTINGS, "LIFECYCLE_REDIS_URL": self.valkey.url}
+        daemon = Daemon(env, self.workdir / f"replica-{index}.log")
+        if index < len(self.replicas):
+            daemon.http_port = self.replicas[index].http_port
+            daemon.metrics_port = self.replicas[index].metrics_port
+            daemon.env = {**daemon.env, "LIFECYCLE_HTTP_PORT": str(daemon.http_port),
+                          "LIFECYCLE_METRICS_PORT": str(daemon.metrics_port)}  # fmt: skip
+            self.replicas[index] = daemon
+        else:
+            self.replicas.append(daemon)
+        daemon.start(wait_ready=False)
+
+    async def controller(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+            if self._stop.is_set():
+                break
+            action = self.rng.choices(["kill", "pause", "valkey"], weights=[5, 3, 2])[0]
+            index = self.rng.randrange(len(self.replicas))
+            target = self.replicas[index]
+            if action == "kill" and target.proc is not None:
+                target.proc.kill()
+                target.proc.wait()
+                self.report.kills += 1
+                await asyncio.sleep(self.rng.uniform(0.2, 1.5))
+                self.start_replica(index)
+            elif action == "pause" and target.proc is not None:
+                target.proc.send_signal(signal.SIGSTOP)
+                self.report.pauses += 1
+                await asyncio.sleep(PAUSE_SECONDS)
+                target.proc.send_signal(signal.SIGCONT)
+            elif action == "valkey":
+                self.valkey.stop(signal.SIGKILL)
+                self.report.valkey_restarts += 1
+                await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+                self.valkey.start()
+
+    # Load
+
+    async def publish(self, account: str, fields: dict[str, str]) -> int | None:
+        try:
+            entry = await self.redis.xadd(events_key(account), fields)
+        except (RedisError, OSError):
+            return None  # Valkey is down right now: the event was not sent
+        self.report.events += 1
+        return int(entry.decode().split("-")[0])
+
+    async def load(self, worker: int) -> None:
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
+        counter = 0
+        try:
+            while not self._stop.is_set():
+                counter += 1
+                roll = self.rng.random()
+                if roll < 0.25 or len(self.live) < 20:
+                    await self.create(http, f"w{worker}-{counter}")
+                elif roll < 0.8:
+                    await self.touch(http)
+                elif roll < 0.9:
+                    await self.end(http)
+                elif roll < 0.95:
+                    await self.external_end()
+                else:
+                    await self.malformed()
+                await asyncio.sleep(0.003)
+        finally:
+            await http.close()
+
+    async def create(self, http: aiohttp.ClientSession, sid: str) -> None:
+        account = self.rng.choice(ACCOUNTS)
+        inactivity = self.rng.randint(1, 3)
+        timeout = self.rng.randint(2, 6)
+        self.accounts[sid] = account
+        self.report.sessions += 1
+        if self.rng.random() < 0.5:
+            fields = {"type": "created", "session_id": sid, "account_id": account,
+                      "timeout_seconds": str(timeout),
+                      "inactivity_timeout_seconds": str(inactivity)}  # fmt: skip
+            if await self.publish(account, fields) is None:
+                return
+        else:
+            body = {"session_id": sid, "account_id": account, "timeout_seconds": timeout,
+                    "inactivity_timeout_seconds": inactivity}  # fmt: skip
+            await self.api(http, "POST", "/v1/sessions", body)
+        self.live.append(sid)
+
+    async def touch(self, http: aiohttp.ClientSession) -> None:
+        sid = self.rng.choice(self.live[-200:])
+        account = self.accounts[sid]
+        if self.rng.random() < 0.85:
+            kind = self.rng.choice(["activity", "keepalive"])
+            entry_ms = await self.publish(
+                account, {"type": kind, "session_id": sid, "account_id": account}
+            )
+            if entry_ms is not None:
+                self.activity[sid].append(entry_ms)
+        else:
+            before = await self.server_ms()
+            status = await self.api(http, "POST", f"/v1/sessions/{sid}/keepalive")
+            if status == 200 and before:
+                # The keepalive's time lies between these two readings of the clock.
+                self.activity[sid].append(before)
+
+    async def end(self, http: aiohttp.ClientSession) -> None:
+        sid = self.rng.choice(self.live[-200:])
+        self.requested.add(sid)
+        if self.rng.random() < 0.5:
+            account = self.accounts[sid]
+            await self.publish(account, {"type": "terminate", "session_id": sid,
+                                         "account_id": account})  # fmt: skip
+        else:
+            await self.api(http, "DELETE", f"/v1/sessions/{sid}")
+
+    async def external_end(self) -> None:
+        sid = self.rng.choice(self.live[-200:])
+        account = self.accounts[sid]
+        if await self.publish(account, {"type": "terminated", "session_id": sid,
+                                        "account_id": account}) is not None:  # fmt: skip
+            self.external.add(sid)
+
+    async def malformed(self) -> None:
+        account = self.rng.choice(ACCOUNTS)
+        if await self.publish(account, {"type": "activity", "account_id": account,
+                                        "session_id": "-bad id-"}) is not None:  # fmt: skip
+            self.report.invalid_sent += 1
+
+    async def api(
+        self, http: aiohttp.ClientSession, method: str, path: str, body: Any = None
+    ) -> int | None:
+        """The response status, or None when no answer came (replica or Valkey down)."""
+        daemon = self.rng.choice(self.replicas)
+        self.report.api_calls += 1
+        try:
+            async with http.request(method, daemon.api + path, json=body) as resp:
+                await resp.read()
+                if resp.status < 500:
+                    return resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            pass
+        self.report.api_failures += 1
+        return None
+
+    async def server_ms(self) -> int | None:
+        try:
+            sec, usec = await self.redis.time()
+        except (RedisError, OSError):
+            return None
+        return int(sec) * 1000 + int(usec) // 1000
+
+    # Run and check
+
+    async def run(self) -> Report:
+        self.valkey.start()
+        self.redis = aioredis.Redis.from_url(self.valkey.url, socket_timeout=5)
+        pipe = self.redis.pipeline(transaction=False)
+        for account in ACCOUNTS:
+            fields = {"type": "billing", "account_id": account, "billing_status": "ok",
+                      "plan": "enterprise"}  # fmt: skip
+            pipe.xadd(events_key(account), fields)
+        await pipe.execute()
+        for index in range(3):
+            self.start_replica(index)
+        for daemon in self.replicas:
+            await asyncio.to_thread(_wait_ready, daemon)
+        for account in ACCOUNTS:
+            key = f"lifecycle:{{{partition(account)}}}:a:{account}"
+            while await self.redis.hget(key, "plan") != b"enterprise":
+                await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(self.load(worker)) for worker in range(LOAD_WORKERS)]
+        tasks.append(asyncio.create_task(self.controller()))
+        await asyncio.sleep(self.seconds)
+        self._stop.set()
+        await asyncio.gather(*tasks)
+        # Faults are over: every replica runs; let every session reach its end.
+        if self.valkey.proc is None:
+            self.valkey.start()
+        for index, daemon in enumerate(self.replicas):
+            if daemon.proc is None or daemon.proc.poll() is not None:
+                self.start_replica(index)
+        await self.drain()
+        await self.check()
+        for daemon in self.replicas:
+            if daemon.stop(signal.SIGTERM) != 0:
+                self.report.violations.append(f"replica {daemon.log_path.name} exited non-zero")
+        await self.redis.aclose()
+        self.valkey.stop()
+        return self.report
+
+    async def drain(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = 0
+            pending = 0
+            for p in range(PARTITIONS):
+                live += await self.redis.zcard(f"lifecycle:{{{p}}}:life")
+                pending += (await self.redis.xpending(f"lifecycle:{{{p}}}:events",
+                                                      "lifecycled"))["pending"]  # fmt: skip
+                pending += await self._undelivered(p)
+            if live == 0 and pending == 0:
+                return
+            await asyncio.sleep(0.2)
+        self.report.violations.append(f"sessions or events left after {timeout:.0f} s of drain")
+
+    async def _undelivered(self, p: int) -> int:
+        for group in await self.redis.xinfo_groups(f"lifecycle:{{{p}}}:events"):
+            lag = group.get("lag")
+            return int(lag) if lag is not None else 0
+        return 0
+
+    async def check(self) -> None:
+        commands: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for p in range(PARTITIONS):
+            for _, raw in await self.redis.xrange(f"lifecycle:{{{p}}}:commands"):
+                cmd = {k.decode(): v.decode() for k, v in raw.items()}
+                if cmd["type"] == "terminate":
+                    commands[cmd["session_id"]].append(cmd)
+                    self.report.terminations[cmd["reason"]] += 1
+        dead = 0
+        for p in range(PARTITIONS):
+            dead += await self.redis.xlen(f"lifecycle:{{{p}}}:dead")
+        if dead != self.report.invalid_sent:
+            self.report.violations.append(
+                f"{self.report.invalid_sent} malformed events sent, {dead} dead-lettered"
+            )
+        for sid, account in self.accounts.items():
+            record = await self.redis.hgetall(f"lifecycle:{{{partition(account)}}}:s:{sid}")
+            fields = {k.decode(): v.decode() for k, v in record.items()}
+            self.check_session(sid, fields, commands.get(sid, []))
+        unknown = set(commands) - set(self.accounts)
+        if unknown:
+            self.report.violations.append(f"commands for sessions never created: {unknown}")
+
+    def check_session(self, sid: str, record: dict[str, str], cmds: list[dict[str, str]]) -> None:
+        v = self.report.violations
+        history = f"{sid}: record={record} commands={cmds} activity={self.activity.get(sid)}"
+        if not record:
+            if cmds:
+                v.append(f"command for a session that does not exist: {history}")
+            return
+        if record["s"] != "t":
+            v.append(f"session never terminated: {history}")
+            return
+        reason = record["x"]
+        if reason == "external":
+            if cmds:
+                v.append(f"terminate command for an external termination: {history}")
+            return
+        if len(cmds) != 1:
+            v.append(f"{len(cmds)} terminate commands: {history}")
+            return
+        cmd = cmds[0]
+        deadline = int(cmd["deadline"])
+        if cmd["reason"] != reason or int(record["t"]) != deadline:
+            v.append(f"command disagrees with the session record: {history}")
+        if int(cmd["emitted_at"]) < deadline:
+            v.append(f"emitted before its deadline: {history}")
+        if reason == "requested" and sid not in self.requested:
+            v.append(f"terminated on request that was never made: {history}")
+        if reason == "max_lifetime" and deadline != int(record["e"]):
+            v.append(f"max_lifetime deadline is not expires_at: {history}")
+        if reason == "inactivity":
+            inactivity_ms = int(record["i"]) * 1000
+            if deadline != int(record["l"]) + inactivity_ms:
+                v.append(f"inactivity deadline is not last_activity_at + timeout: {history}")
+            for at in self.activity.get(sid, []):
+                if int(record["c"]) <= at <= deadline and at + inactivity_ms > deadline:
+                    v.append(f"killed for inactivity despite activity at {at}: {history}")
+
+
+def _wait_ready(daemon: Daemon) -> None:
+    from tests.servers import wait_for
+
+    wait_for(daemon.ready, timeout=30, what="replica ready")
+
+
+async def run_chaos(seconds: float, seed: int, workdir: Path | None = None) -> Report:
+    directory = workdir or Path(tempfile.mkdtemp(prefix="lifecycled-chaos-"))
+    chaos = Chaos(directory, seconds, seed)
+    try:
+        return await chaos.run()
+    finally:
+        for daemon in chaos.replicas:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.proc.send_signal(signal.SIGCONT)
+                daemon.stop(signal.SIGKILL)
+        chaos.valkey.stop(signal.SIGKILL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
+    args = parser.parse_args()
+    print(f"chaos run: {args.seconds:.0f} s, seed {args.seed}")
+    report = asyncio.run(run_chaos(args.seconds, args.seed))
+    print(report.summary())
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The HTTP listener under abuse: huge bodies, slow clients, a thousand connections."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.servers import Daemon
+
+Start = Any
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard or (soft < hard and hard == resource.RLIM_INFINITY):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+
+
+async def test_oversized_slow_and_many_clients(redis: Any, daemons: Start) -> None:
+    raise_fd_limit()
+    d: Daemon = daemons()
+    assert d.proc is not None
+    async with aiohttp.ClientSession(d.api) as http:
+        async with http.post("/v1/sessions", json={"account_id": "acme"}) as resp:
+            sid = (await resp.json())["session_id"]
+    rss_before = rss_kib(d.proc.pid)
+
+    # Oversized bodies are refused with 413 and the JSON error body.
+    async with aiohttp.ClientSession(d.api) as http:
+        big = b'{"account_id": "' + b"a" * (8 * 1024 * 1024) + b'"}'
+        async with http.post(
+            "/v1/sessions", data=big, headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 413
+            assert (await resp.json())["error"] == "payload_too_large"
+
+    # Slow clients hold 200 connections open, sending a header byte now and then ...
+    slow: list[socket.socket] = []
+    for _ in range(200):
+        s = socket.create_connection(("127.0.0.1", d.http_port))
+        s.sendall(b"GET /v1/sessions/" + sid.encode() + b" HTTP/1.1\r\nHost: x\r\n")
+        slow.append(s)
+    try:
+        # ... while 1,000 concurrent clients are all answered, none with a 5xx.
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(d.api, connector=connector) as http:
+
+            async def one(i: int) -> int:
+                path = f"/v1/sessions/{sid}" if i % 2 else f"/v1/sessions/missing{i}"
+                async with http.get(path) as resp:
+                    await resp.read()
+                    return resp.status
+
+            statuses = Counter(await asyncio.gather(*(one(i) for i in range(1000))))
+        assert statuses == {200: 500, 404: 500}
+        for s in slow:
+            s.sendall(b"X-Slow: 1\r\n")
+        assert d.ready()
+    finally:
+        for s in slow:
+            s.close()
+    # Memory stays bounded: nothing of the burst is kept.
+    assert rss_kib(d.proc.pid) - rss_before < 64 * 1024
