@@ -100,6 +100,9 @@ class Chaos:
         self.requested: set[str] = set()  # terminate sent (stream or DELETE)
         self.external: set[str] = set()
         self.live: list[str] = []
+        # A publish that failed may still have reached the stream (the reply was lost).
+        self.malformed_attempted: set[str] = set()
+        self.malformed_sent: set[str] = set()
         self._stop = asyncio.Event()
 
     # Processes
@@ -227,8 +230,11 @@ class Chaos:
 
     async def malformed(self) -> None:
         account = self.rng.choice(ACCOUNTS)
-        if await self.publish(account, {"type": "activity", "account_id": account,
-                                        "session_id": "-bad id-"}) is not None:  # fmt: skip
+        tag = f"m{len(self.malformed_attempted)}"
+        self.malformed_attempted.add(tag)
+        fields = {"type": "activity", "account_id": account, "session_id": "-bad id-", "tag": tag}
+        if await self.publish(account, fields) is not None:
+            self.malformed_sent.add(tag)
             self.report.invalid_sent += 1
 
     async def api(
@@ -322,13 +328,17 @@ class Chaos:
                 if cmd["type"] == "terminate":
                     commands[cmd["session_id"]].append(cmd)
                     self.report.terminations[cmd["reason"]] += 1
-        dead = 0
+        dead: Counter[str] = Counter()
         for p in range(PARTITIONS):
-            dead += await self.redis.xlen(f"lifecycle:{{{p}}}:dead")
-        if dead != self.report.invalid_sent:
-            self.report.violations.append(
-                f"{self.report.invalid_sent} malformed events sent, {dead} dead-lettered"
-            )
+            for _, raw in await self.redis.xrange(f"lifecycle:{{{p}}}:dead"):
+                dead[raw.get(b"tag", b"?").decode()] += 1
+        v = self.report.violations
+        if set(dead) - self.malformed_attempted:
+            v.append(f"dead letters for entries never sent: {set(dead) - self.malformed_attempted}")
+        if self.malformed_sent - set(dead):
+            v.append(f"malformed entries not dead-lettered: {self.malformed_sent - set(dead)}")
+        if dead and max(dead.values()) > 1:
+            v.append(f"dead-lettered more than once: {[t for t, n in dead.items() if n > 1]}")
         for sid, account in self.accounts.items():
             record = await self.redis.hgetall(f"lifecycle:{{{partition(account)}}}:s:{sid}")
             fields = {k.decode(): v.decode() for k, v in record.items()}
