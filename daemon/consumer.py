@@ -8,6 +8,7 @@ entries its predecessor left pending and applies them, then reads new ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -65,34 +66,55 @@ class PartitionConsumer:
         self._stopping = True
 
     async def run(self) -> None:
-        """Consume while holding the lease; raises LeaseLost or Redis errors."""
+        """Consume while holding the lease; raises LeaseLost or Redis errors.
+
+        The next batch is read and checked while the previous one's script runs on the
+        server; scripts are still sent one at a time, in stream order.
+        """
         await ensure_group(self.redis, self.pk)
         await self._claim(min_idle_ms=0)
         loop = asyncio.get_running_loop()
         self._last_claim = loop.time()
-        while not self._stopping:
-            if loop.time() - self._last_claim > self.settings.claim_idle_ms / 1000:
-                await self._claim(min_idle_ms=self.settings.claim_idle_ms)
-                self._last_claim = loop.time()
-            # Cancelling the read is safe: entries it delivered stay pending and are
-            # claimed by the partition's next holder.
-            self.reading = True
-            try:
-                reply = await self.redis.xreadgroup(
-                    GROUP,
-                    self.replica_id,
-                    {self.pk.events: ">"},
-                    count=self.settings.read_batch,
-                    block=BLOCK_MS,
-                )
-            finally:
-                self.reading = False
-            if reply:
+        in_flight: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping:
+                if loop.time() - self._last_claim > self.settings.claim_idle_ms / 1000:
+                    await self._settle(in_flight)
+                    in_flight = None
+                    await self._claim(min_idle_ms=self.settings.claim_idle_ms)
+                    self._last_claim = loop.time()
+                # Cancelling the read is safe: entries it delivered stay pending and are
+                # claimed by the partition's next holder.
+                self.reading = True
                 try:
-                    await self._apply(reply[0][1])
-                except OlderEntriesPending:
-                    # Claiming from the start applies the older entries, then this batch.
-                    await self._claim(min_idle_ms=0)
+                    reply = await self.redis.xreadgroup(
+                        GROUP,
+                        self.replica_id,
+                        {self.pk.events: ">"},
+                        count=self.settings.read_batch,
+                        block=BLOCK_MS,
+                    )
+                finally:
+                    self.reading = False
+                if not reply:
+                    continue
+                events = self._parse(reply[0][1])
+                await self._settle(in_flight)
+                in_flight = loop.create_task(self._apply_parsed(events))
+        finally:
+            if in_flight is not None:
+                with contextlib.suppress(Exception):
+                    await self._settle(in_flight)
+
+    async def _settle(self, in_flight: asyncio.Task[None] | None) -> None:
+        """Wait for the batch in flight; older entries pending: claim and apply them."""
+        if in_flight is None:
+            return
+        try:
+            await in_flight
+        except OlderEntriesPending:
+            # Claiming from the start applies the older entries, then this batch.
+            await self._claim(min_idle_ms=0)
 
     async def _claim(self, min_idle_ms: int) -> None:
         """Take over entries other consumers read but never applied, oldest first.
@@ -141,9 +163,14 @@ class PartitionConsumer:
             ):
                 await self.redis.xgroup_delconsumer(self.pk.events, GROUP, name)
 
-    async def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _parse(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[ParsedEvent]:
         plans = self.store.plans
-        events = [parse_entry(eid, fields, plans) for eid, fields in entries]
+        return [parse_entry(eid, fields, plans) for eid, fields in entries]
+
+    async def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        await self._apply_parsed(self._parse(entries))
+
+    async def _apply_parsed(self, events: list[ParsedEvent]) -> None:
         # Shielded: once sent, the script's outcome must be read and counted even if the
         # daemon is shutting down; the script itself is atomic either way.
         result = await shielded(self.store.apply_events(self.pk, self.lease_token, events))
@@ -154,11 +181,13 @@ class PartitionConsumer:
 
     def _account(self, events: list[ParsedEvent], outcomes: list[str], now_ms: int) -> None:
         self.metrics.count_outcomes([e.type for e in events], outcomes)
+        observe = self.metrics.event_lag.observe
         for event, outcome in zip(events, outcomes, strict=True):
             if outcome == "skipped":
                 continue
-            entry_ms = int(event.entry_id.split("-", 1)[0])
-            self.metrics.event_lag.observe(max(0, now_ms - entry_ms) / 1000)
+            observe(max(0, now_ms - event.entry_ms) / 1000)
+            if outcome == "applied":
+                continue
             if outcome == "dead":
                 log.warning("event_dead_lettered", partition=self.pk.partition,
                             entry_id=event.entry_id, error=event.error)  # fmt: skip
