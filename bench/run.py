@@ -244,12 +244,16 @@ class Bench:
     ) -> list[dict[str, str]]:
         end = time.monotonic() + limit
         while True:
-            cmds = await self.terminations(redis, partitions, prefix)
-            if len(cmds) >= n:
-                return cmds
+            # Reading the whole commands stream is costly for the server being measured:
+            # wait on its length, and read it only when it can hold all n.
+            length = sum([await redis.xlen(commands_key(p)) for p in range(partitions)])
+            if length >= n:
+                cmds = await self.terminations(redis, partitions, prefix)
+                if len(cmds) >= n:
+                    return cmds
             if time.monotonic() > end:
-                raise TimeoutError(f"only {len(cmds)} of {n} {prefix!r} terminations")
-            await asyncio.sleep(0.25)
+                raise TimeoutError(f"fewer than {n} {prefix!r} terminations")
+            await asyncio.sleep(0.05 if length < n else 1.0)
 
     # Phases
 

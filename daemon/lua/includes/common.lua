@@ -100,14 +100,18 @@ end
 -- The single place a session becomes terminated. Returns false (and writes nothing)
 -- when it is unknown or already terminated: this check is what makes the terminate
 -- command exactly-once across retries, crashes and replicas.
-local function terminate(sid, reason, deadline, now)
+-- ``unscheduled``: the caller removes the session from the life and idle sets itself
+-- (expire_due does it with one ZREM per batch).
+local function terminate(sid, reason, deadline, now, unscheduled)
   local key = session_key(sid)
   local h = redis.call('HMGET', key, 's', 'a', 'c')
   if not h[1] or h[1] == 't' then return false end
   redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason)
-  redis.call('ZREM', K_LIFE, sid)
-  redis.call('ZREM', K_IDLE, sid)
-  redis.call('ZREM', K_WARN, sid)
+  if not unscheduled then
+    redis.call('ZREM', K_LIFE, sid)
+    redis.call('ZREM', K_IDLE, sid)
+  end
+  if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
   redis.call('SREM', live_key(h[2]), sid)
   redis.call('PEXPIRE', key, RETENTION_MS)
   if reason ~= 'external' then
