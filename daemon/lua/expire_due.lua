@@ -35,6 +35,7 @@ end
 if first then idle_limit = math.min(now, id_ms(first) - 1) end
 
 local done, by_inactivity, lateness = 0, 0, {}
+local batch_done = {}
 -- Every member read here leaves both deadline sets (terminated now, or gone already):
 -- one ZREM per set and batch instead of two per session.
 local function unschedule(sids)
@@ -46,13 +47,13 @@ end
 
 local life_due = redis.call('ZRANGEBYSCORE', K_LIFE, '-inf', now, 'LIMIT', 0, batch)
 for _, sid in ipairs(life_due) do
-  local h = redis.call('HMGET', session_key(sid), 'e', 'l', 'i', 'k')
+  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k')
   if h[1] then
-    local deadline, reason = deadline_of(tonumber(h[1]), tonumber(h[2]), tonumber(h[3]), h[4])
+    local deadline, reason = deadline_of(tonumber(h[4]), tonumber(h[5]), tonumber(h[6]), h[7])
     if reason == 'inactivity' and deadline > idle_limit then
-      deadline, reason = tonumber(h[1]), 'max_lifetime'
+      deadline, reason = tonumber(h[4]), 'max_lifetime'
     end
-    if terminate(sid, reason, deadline, now, true) then
+    if terminate(sid, reason, deadline, now, h, batch_done) then
       done = done + 1
       if reason == 'inactivity' then by_inactivity = by_inactivity + 1 end
       lateness[#lateness + 1] = now - deadline
@@ -67,7 +68,7 @@ if #life_due < batch then
   local sids = {}
   for j = 1, #due, 2 do
     sids[#sids + 1] = due[j]
-    if terminate(due[j], 'inactivity', tonumber(due[j + 1]), now, true) then
+    if terminate(due[j], 'inactivity', tonumber(due[j + 1]), now, nil, batch_done) then
       done = done + 1
       by_inactivity = by_inactivity + 1
       lateness[#lateness + 1] = now - tonumber(due[j + 1])
@@ -75,6 +76,7 @@ if #life_due < batch then
   end
   unschedule(sids)
 end
+flush_batch(batch_done)
 
 local warned = 0
 if WARN_MS > 0 then

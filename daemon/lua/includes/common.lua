@@ -100,19 +100,27 @@ end
 -- The single place a session becomes terminated. Returns false (and writes nothing)
 -- when it is unknown or already terminated: this check is what makes the terminate
 -- command exactly-once across retries, crashes and replicas.
--- ``unscheduled``: the caller removes the session from the life and idle sets itself
--- (expire_due does it with one ZREM per batch).
-local function terminate(sid, reason, deadline, now, unscheduled)
+-- ``loaded``: the session's {status, account, created_at} when the caller has read them.
+-- ``batch``: expire_due's batch, which takes the session out of the deadline sets and
+-- its account's live set once for the whole batch (see flush_batch).
+local function terminate(sid, reason, deadline, now, loaded, batch)
   local key = session_key(sid)
-  local h = redis.call('HMGET', key, 's', 'a', 'c')
+  local h = loaded or redis.call('HMGET', key, 's', 'a', 'c')
   if not h[1] or h[1] == 't' then return false end
   redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason)
-  if not unscheduled then
+  if batch then
+    local of_account = batch[h[2]]
+    if not of_account then
+      of_account = {}
+      batch[h[2]] = of_account
+    end
+    of_account[#of_account + 1] = sid
+  else
     redis.call('ZREM', K_LIFE, sid)
     redis.call('ZREM', K_IDLE, sid)
+    redis.call('SREM', live_key(h[2]), sid)
   end
   if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
-  redis.call('SREM', live_key(h[2]), sid)
   redis.call('PEXPIRE', key, RETENTION_MS)
   if reason ~= 'external' then
     local created = tonumber(h[3])
@@ -121,6 +129,13 @@ local function terminate(sid, reason, deadline, now, unscheduled)
       'duration_ms', math.max(0, deadline - created))
   end
   return true
+end
+
+-- Finish a batch of terminations: one SREM per account.
+local function flush_batch(batch)
+  for account, sids in pairs(batch) do
+    redis.call('SREM', live_key(account), unpack(sids))
+  end
 end
 
 -- Seconds until the earliest live session of the account ends (at least 1).
