@@ -71,6 +71,8 @@ class Engine:
             # Unreachable now is fine: the loops retry and the client maps the slots then.
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await initialize()
+        # Ready only once the groups exist and the deployment's settings are recorded.
+        self.health.waiting("streams")
         spawn = asyncio.get_running_loop().create_task
         # The ping loop finds out when Redis is back; the others are woken by it.
         self._tasks.append(spawn(self._supervise("redis_ping", self._ping_loop, wake=False)))
@@ -134,27 +136,40 @@ class Engine:
                 "plans": ",".join(self.store.plans),
             },
         )
+        self.health.started("streams")
         while not self._stopping:
             replicas = await self.store.register_replica(self.replica_id)
             fair = math.ceil(len(self.store.partitions) / max(1, replicas))
             order = list(self.store.partitions)
             random.shuffle(order)
+            failures: list[BaseException] = []
             for pk in order:
-                held = self._consumers.get(pk.partition)
-                if held is not None:
-                    if not await self.store.take_lease(pk, held[0].lease_token, renew=True):
-                        log.warning("partition_lease_lost", partition=pk.partition)
-                        await self._drop(pk, release=False)
-                    elif len(self._consumers) > fair:
-                        log.info("partition_handed_over", partition=pk.partition, fair=fair)
-                        await self._drop(pk, release=True)
-                elif len(self._consumers) < fair:
-                    self._takings += 1
-                    token = f"{self.replica_id}#{self._takings}"
-                    if await self.store.take_lease(pk, token, renew=False):
-                        self._adopt(pk, token)
+                try:
+                    await self._tend_lease(pk, fair)
+                except TRANSIENT_ERRORS as exc:
+                    # One unreachable node (a Cluster failover) must not keep the leases
+                    # of partitions on other nodes from being renewed.
+                    failures.append(exc)
             self.metrics.partitions_owned.set(len(self._consumers))
+            if failures and len(failures) == len(order):
+                raise failures[0]
             await asyncio.sleep(ttl_s / 3 * random.uniform(0.8, 1.0))
+
+    async def _tend_lease(self, pk: PartitionKeys, fair: int) -> None:
+        """Renew a held lease (or hand it over above the fair share), or take a free one."""
+        held = self._consumers.get(pk.partition)
+        if held is not None:
+            if not await self.store.take_lease(pk, held[0].lease_token, renew=True):
+                log.warning("partition_lease_lost", partition=pk.partition)
+                await self._drop(pk, release=False)
+            elif len(self._consumers) > fair:
+                log.info("partition_handed_over", partition=pk.partition, fair=fair)
+                await self._drop(pk, release=True)
+        elif len(self._consumers) < fair:
+            self._takings += 1
+            token = f"{self.replica_id}#{self._takings}"
+            if await self.store.take_lease(pk, token, renew=False):
+                self._adopt(pk, token)
 
     def _adopt(self, pk: PartitionKeys, token: str) -> None:
         log.info("partition_lease_taken", partition=pk.partition, replica=self.replica_id)

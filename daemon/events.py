@@ -31,10 +31,12 @@ _REQUIRED = {
     "terminated": ("session_id", "account_id"),
     "billing": ("account_id", "billing_status"),
 }
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]{1,64}")
 _BOOLS = {"true": "1", "1": "1", "false": "0", "0": "0"}
-# Larger values are over every plan's maximum anyway; keep them within Lua's exact integers.
+# Larger values are over every plan's maximum (a 422 rejection) or far ahead of the clock
+# (clamped to now) anyway; capped, they stay within Lua's exact integers.
 _TIMEOUT_CAP = 10**9
+_TS_CAP = 10**15
 
 
 class InvalidEvent(ValueError):
@@ -130,7 +132,7 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
         plan = _choice(fields, "plan", plans, "a known plan") if "plan" in fields else ""
         return kind, [session, account, timeout, inactivity, auto_kill, plan]
     if kind in ("activity", "keepalive"):
-        ts = str(_int(fields, "ts", 0)) if "ts" in fields else ""
+        ts = str(min(_int(fields, "ts", 0), _TS_CAP)) if "ts" in fields else ""
         return kind, [session, account, ts]
     if kind == "terminate":
         reason = "requested"
@@ -160,7 +162,7 @@ def _fast_touch(eid: str, fields: Mapping[bytes, bytes]) -> ParsedEvent | None:
     if (
         not _ID_BYTES.fullmatch(session)
         or not _ID_BYTES.fullmatch(account)
-        or (ts and not _DIGITS_BYTES.fullmatch(ts))
+        or (ts and (len(ts) > 15 or not _DIGITS_BYTES.fullmatch(ts)))
     ):
         return None  # the full check below names the problem
     return ParsedEvent(eid, kind[0], [kind[1], 3, session, account, ts])

@@ -100,6 +100,10 @@ class Health:
 
     # Supervised loops
 
+    def waiting(self, name: str) -> None:
+        """A component that must report :meth:`started` before the daemon is ready."""
+        self.components.setdefault(name, _Component()).running = False
+
     def started(self, name: str) -> None:
         component = self.components.setdefault(name, _Component())
         component.running = True

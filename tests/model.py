@@ -8,13 +8,13 @@ outcome must be afterwards.
 
 Choices where SPEC is silent, taken as the implementation takes them (each one is a
 place a reviewer may disagree, so they are named here):
-- an integer field is 1-18 ASCII digits (a longer one is dead-lettered);
+- an integer field is 1-64 ASCII digits (a longer one is dead-lettered);
 - ``auto_kill`` is matched case-insensitively;
 - when the inactivity and lifetime deadlines coincide the reason is ``max_lifetime``;
 - a passed inactivity deadline held by the lag-safe rule whose lifetime deadline has also
   passed ends as ``max_lifetime`` (lifetime deadlines never wait);
-- activity applied after a session's deadline passed but before the expirer ended it
-  still counts (the expirer has no record of when it would have run).
+- an activity or keepalive entry that entered the stream after the session's deadline
+  came too late: applying it ends the session at that deadline (``ended:<reason>``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SPEC_PLANS: dict[str, tuple[int | None, int]] = {
 BILLING_STATUSES = ("ok", "balance_depleted", "payment_failed", "card_expired")
 COMMAND_REASONS = ("max_lifetime", "inactivity", "requested", "billing")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_INT = re.compile(r"[0-9]{1,18}")
+_INT = re.compile(r"[0-9]{1,64}")
 _BOOL = {"true": True, "1": True, "false": False, "0": False}
 DEFAULT_INACTIVITY_SECONDS = 300
 MAX_INACTIVITY_SECONDS = 86400
@@ -358,6 +358,12 @@ class PartitionModel:
             ts = at if event.ts is None else event.ts
             if ts > now + self.max_clock_skew_ms:
                 ts = now
+            session = self.sessions.get(event.session_id)
+            if session is not None and session.account_id == event.account_id and session.live:
+                deadline, reason = session.deadline()
+                if deadline < at:
+                    self._terminate(session, reason, deadline, now)
+                    return f"ended:{reason}", None
             return self._touch(
                 event.session_id, event.account_id, ts, event.type == "activity"
             ), None

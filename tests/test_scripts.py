@@ -426,3 +426,33 @@ async def test_a_batch_waits_for_older_entries_another_consumer_left_pending(
     events = [parse_entry(eid, f, h.store.plans) for eid, f in claimed[1]]
     result = await h.store.apply_events(h.pk, h.replica, events)
     assert result is not None and result.outcomes == ["applied", "ended:requested"]
+
+
+async def test_activity_that_arrived_after_the_deadline_ends_the_session_at_it(
+    harness: Make,
+) -> None:
+    h: Harness = await harness()
+    now = await h.server_ms()
+    # Entries with ids in the past: created at now-10s with 2 s of inactivity allowed,
+    # then an activity that entered the stream 5 s later, 3 s after the deadline.
+    fields = {"type": "created", "session_id": "s1", "account_id": "acme",
+              "inactivity_timeout_seconds": "2"}  # fmt: skip
+    await h.redis.xadd(h.pk.events, fields, id=f"{now - 10_000}-0")
+    await h.redis.xadd(h.pk.events, {"type": "activity", "session_id": "s1",
+                                     "account_id": "acme"}, id=f"{now - 5_000}-0")  # fmt: skip
+    assert (await h.consume()).outcomes == ["applied", "ended:inactivity"]
+    [cmd] = await h.commands()
+    assert cmd["reason"] == "inactivity"
+    assert int(cmd["deadline"]) == now - 8_000
+    rec = (await h.store.get_session("s1")).record
+    assert rec.last_activity_at == now - 10_000 and rec.terminated_at == now - 8_000
+
+
+async def test_huge_integers_are_rejected_or_clamped_not_dead_lettered(harness: Make) -> None:
+    h: Harness = await harness()
+    await h.publish(type="created", session_id="s1", account_id="acme", timeout_seconds="9" * 30)
+    await h.publish(type="created", session_id="s2", account_id="acme")
+    await h.publish(type="activity", session_id="s2", account_id="acme", ts="9" * 30)
+    result = await h.consume()
+    assert result.outcomes == ["rejected:422", "applied", "applied"]
+    assert (await h.store.get_session("s2")).record.last_activity_at == result.now_ms

@@ -188,14 +188,25 @@ end
 --[[
   Activity or keepalive at time ts (ms). Moves last_activity_at forward only; an
   activity also turns a ready session running. Returns 'applied' or 'ignored:<why>'.
+  arrived: when a stream entry entered the stream (nil through the API). An entry that
+  arrived after the session's deadline came too late: the deadline passed without it
+  (every earlier entry has been applied, in stream order), so the session ends at that
+  deadline now, and 'ended:<reason>' is returned.
 ]]
-local function touch(sid, account, ts, is_activity)
+local function touch(sid, account, ts, is_activity, arrived, now)
   local key = session_key(sid)
   local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k', 'w')
   if not h[1] then return 'ignored:unknown_session' end
   if h[2] ~= account then return 'ignored:unknown_session' end
   if h[1] == 't' then return 'ignored:terminated' end
   local l = tonumber(h[4])
+  if arrived then
+    local deadline, reason = deadline_of(tonumber(h[3]), l, tonumber(h[5]), h[6])
+    if deadline < arrived then
+      terminate(sid, reason, deadline, now)
+      return 'ended:' .. reason
+    end
+  end
   if ts < l then return 'ignored:stale' end
   if is_activity and h[1] == 'r' then redis.call('HSET', key, 's', 'u') end
   if ts > l then
