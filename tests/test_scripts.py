@@ -456,3 +456,14 @@ async def test_huge_integers_are_rejected_or_clamped_not_dead_lettered(harness: 
     result = await h.consume()
     assert result.outcomes == ["rejected:422", "applied", "applied"]
     assert (await h.store.get_session("s2")).record.last_activity_at == result.now_ms
+
+
+async def test_commands_stream_is_trimmed_to_about_commands_maxlen(harness: Make) -> None:
+    h: Harness = await harness(commands_maxlen=50)
+    await h.publish(type="billing", account_id="big", billing_status="ok", plan="enterprise")
+    for i in range(600):
+        await h.publish(type="created", session_id=f"s{i}", account_id="big")
+        await h.publish(type="terminate", session_id=f"s{i}", account_id="big")
+    await h.consume()
+    # Approximate trimming removes whole nodes (100 entries by default): never far above.
+    assert 50 <= await h.redis.xlen(h.pk.commands) < 200
