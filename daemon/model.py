@@ -64,7 +64,7 @@ class SessionRecord:
             expires_at=int(fields["e"]),
             last_activity_at=int(fields["l"]),
             inactivity_timeout_seconds=int(fields["i"]),
-            max_lifetime_seconds=int(fields["m"]),
+            max_lifetime_seconds=(int(fields["e"]) - int(fields["c"])) // 1000,
             auto_kill=fields["k"] == "1",
             terminated_at=int(terminated_at) if terminated_at else None,
             termination_reason=fields.get("x") or None,

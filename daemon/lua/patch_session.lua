@@ -20,12 +20,12 @@ local sid = ARGV[9]
 local timeout, inactivity, auto_kill, scope = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local now = now_ms()
 local key = session_key(sid)
-local h = redis.call('HMGET', key, 'a', 's', 'c', 'e', 'l', 'i', 'k', 'm', 'w')
+local h = redis.call('HMGET', key, 'a', 's', 'c', 'e', 'l', 'i', 'k', 'w')
 if not h[1] or (scope ~= '' and scope ~= h[1]) then return {-404} end
 if h[2] == 't' then return {-409} end
 
 local c, e, l = tonumber(h[3]), tonumber(h[4]), tonumber(h[5])
-local i, k, m = tonumber(h[6]), h[7], tonumber(h[8])
+local i, k = tonumber(h[6]), h[7]
 if timeout ~= '' then
   local plan_name = account_state(h[1])
   local plan = plan_limits(plan_name)
@@ -38,12 +38,12 @@ if timeout ~= '' then
     return {-422, 'timeout_seconds ' .. timeout .. ' is below the time the session has already run ('
       .. math.ceil((now - c) / 1000) .. ' seconds)'}
   end
-  m, e = wanted, c + wanted * 1000
+  e = c + wanted * 1000
 end
 if inactivity ~= '' then i = tonumber(inactivity) end
 if auto_kill ~= '' then k = auto_kill end
 
-redis.call('HSET', key, 'm', m, 'e', e, 'i', i, 'k', k)
+redis.call('HSET', key, 'e', e, 'i', i, 'k', k)
 redis.call('ZADD', K_LIFE, e, sid)
-schedule(sid, e, l, i, k, h[9])
+schedule(sid, e, l, i, k, h[8])
 return view(1, sid, now)

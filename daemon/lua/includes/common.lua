@@ -26,9 +26,9 @@
     ARGV[9...] the script's own arguments
 
   Session hash fields: a account, p plan, s status (r ready, u running, t terminated),
-  c created_at, e expires_at, l last_activity_at (ms), i inactivity timeout, m max
-  lifetime (s), k auto_kill "1"/"0", t terminated_at (ms), x termination reason,
-  w the deadline an expiring warning was sent for.
+  c created_at, e expires_at, l last_activity_at (ms), i inactivity timeout (s),
+  k auto_kill "1"/"0", t terminated_at (ms), x termination reason, w the deadline an
+  expiring warning was sent for. The maximum lifetime is (e - c) / 1000: not stored.
 ]]
 local K_EVENTS, K_COMMANDS, K_DEAD = KEYS[1], KEYS[2], KEYS[3]
 local K_LIFE, K_IDLE, K_WARN, K_LEASE = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -179,7 +179,7 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   local i = tonumber(inactivity) or 300
   local e = created_at + m * 1000
   redis.call('HSET', key, 'a', account, 'p', plan_name, 's', 'r', 'c', created_at,
-    'e', e, 'l', created_at, 'i', i, 'm', m, 'k', auto_kill)
+    'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
   redis.call('SADD', live_key(account), sid)
   redis.call('ZADD', K_LIFE, e, sid)
   return 1, schedule(sid, e, created_at, i, auto_kill, nil)
