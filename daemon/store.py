@@ -227,7 +227,7 @@ class Store:
         return await self._by_id("get_session", session_id, account=account)
 
     async def keepalive(self, session_id: str, account: str | None = None) -> SessionView:
-        return await self._by_id("keepalive", session_id, account=account)
+        return await self._by_id("keepalive", session_id, GROUP, account=account)
 
     async def terminate(
         self, session_id: str, reason: str = "requested", account: str | None = None

@@ -461,6 +461,16 @@ class PartitionModel:
             return 402
         if not session.live:
             return 409
+        # After its deadline a keepalive comes too late, as the expirer sees it: an
+        # inactivity deadline held by an unapplied entry from before it has not passed.
+        deadline, reason = session.deadline()
+        first = self.first_unapplied_ms()
+        idle_limit = now if first is None else min(now, first - 1)
+        if deadline <= now and reason == "inactivity" and deadline > idle_limit:
+            deadline, reason = session.expires_at, "max_lifetime"
+        if deadline <= now:
+            self._terminate(session, reason, deadline, now)
+            return 409
         self._touch(session_id, session.account_id, now, is_activity=False)
         return 200
 

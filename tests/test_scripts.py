@@ -467,3 +467,31 @@ async def test_commands_stream_is_trimmed_to_about_commands_maxlen(harness: Make
     await h.consume()
     # Approximate trimming removes whole nodes (100 entries by default): never far above.
     assert 50 <= await h.redis.xlen(h.pk.commands) < 200
+
+
+async def test_a_keepalive_after_the_deadline_ends_the_session_at_it(harness: Make) -> None:
+    h: Harness = await harness()
+    now = await h.server_ms()
+    fields = {"type": "created", "session_id": "s1", "account_id": "acme",
+              "inactivity_timeout_seconds": "2"}  # fmt: skip
+    await h.redis.xadd(h.pk.events, fields, id=f"{now - 10_000}-0")
+    await h.consume()
+    with pytest.raises(errors.SessionTerminated):
+        await h.store.keepalive("s1")
+    [cmd] = await h.commands()
+    assert cmd["reason"] == "inactivity" and int(cmd["deadline"]) == now - 8_000
+
+
+async def test_a_keepalive_during_a_held_deadline_keeps_the_session(harness: Make) -> None:
+    h: Harness = await harness()
+    now = await h.server_ms()
+    fields = {"type": "created", "session_id": "s1", "account_id": "acme",
+              "inactivity_timeout_seconds": "2"}  # fmt: skip
+    await h.redis.xadd(h.pk.events, fields, id=f"{now - 10_000}-0")
+    await h.consume()
+    # An unapplied entry from before the deadline holds it: the keepalive still counts.
+    await h.redis.xadd(h.pk.events, {"type": "activity", "session_id": "s1",
+                                     "account_id": "acme"}, id=f"{now - 9_000}-0")  # fmt: skip
+    view = await h.store.keepalive("s1")
+    assert view.record.status == "ready" and view.record.last_activity_at == view.now_ms
+    assert await h.commands() == []

@@ -22,17 +22,7 @@ local group = ARGV[9]
 local batch = tonumber(ARGV[10])
 local now = now_ms()
 
--- Inactivity deadlines at or after the earliest unapplied entry must wait.
-local idle_limit = now
-local last = groups_of_events()[group]
-local first
-if last then
-  first = first_unapplied(group, last)
-elseif redis.call('EXISTS', K_EVENTS) == 1 then
-  local head = redis.call('XRANGE', K_EVENTS, '-', '+', 'COUNT', 1)
-  if #head > 0 then first = head[1][1] end
-end
-if first then idle_limit = math.min(now, id_ms(first) - 1) end
+local idle_limit = inactivity_limit(group, now)
 
 local done, by_inactivity, lateness = 0, 0, {}
 local batch_done = {}

@@ -36,3 +36,18 @@ local function first_unapplied(group, last_delivered)
   if #after > 0 and (first == nil or id_less(after[1][1], first)) then first = after[1][1] end
   return first
 end
+
+-- The latest inactivity deadline that may fire now: one before the time of the earliest
+-- entry the group has not applied (lag-safe rule), and never later than now.
+local function inactivity_limit(group, now)
+  local last = groups_of_events()[group]
+  local first
+  if last then
+    first = first_unapplied(group, last)
+  elseif redis.call('EXISTS', K_EVENTS) == 1 then
+    local head = redis.call('XRANGE', K_EVENTS, '-', '+', 'COUNT', 1)
+    if #head > 0 then first = head[1][1] end
+  end
+  if first then return math.min(now, id_ms(first) - 1) end
+  return now
+end
