@@ -230,12 +230,21 @@ class Daemon:
         self.notifier.close()
 
 
-def raise_open_files_limit() -> None:
-    """Every HTTP client holds a descriptor; the usual soft limit of 1024 is too low."""
+def raise_open_files_limit(wanted: int = 65536) -> None:
+    """Every HTTP client holds a descriptor; the usual soft limit of 1024 is too low.
+
+    The soft limit goes up to the hard one, or to ``wanted`` where the process may raise
+    the hard limit too (root without a service manager's cap).
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    for limit in (max(hard, wanted), hard):
+        if limit == resource.RLIM_INFINITY or limit <= soft:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            return
+        except (ValueError, OSError):
+            continue
 
 
 async def run_daemon(settings: Settings, config_file: str | None) -> int:

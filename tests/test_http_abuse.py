@@ -23,14 +23,25 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def raise_fd_limit() -> None:
+def raise_fd_limit(wanted: int = 4096) -> int:
+    """Raise this process's open-files limit towards ``wanted``; returns the limit now.
+
+    The test holds 1,200 client sockets at once, as many as the limit allows.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 4096 <= hard or (soft < hard and hard == resource.RLIM_INFINITY):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+    if soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def test_oversized_slow_and_many_clients(redis: Any, daemons: Start) -> None:
-    raise_fd_limit()
+    # 1,000 concurrent clients and 200 slow ones, unless the machine's hard limit on open
+    # files is lower: the daemon, under the same limit, also holds up to 256 connections
+    # to Valkey and its own files.
+    limit = raise_fd_limit()
+    slow_clients = min(200, (limit - 400) // 5)
+    clients = min(1000, limit - 400 - slow_clients)
     d: Daemon = daemons()
     assert d.proc is not None
     async with aiohttp.ClientSession(d.api) as http:
@@ -47,14 +58,14 @@ async def test_oversized_slow_and_many_clients(redis: Any, daemons: Start) -> No
             assert resp.status == 413
             assert (await resp.json())["error"] == "payload_too_large"
 
-    # Slow clients hold 200 connections open, sending a header byte now and then ...
+    # Slow clients hold connections open, sending a header byte now and then ...
     slow: list[socket.socket] = []
-    for _ in range(200):
+    for _ in range(slow_clients):
         s = socket.create_connection(("127.0.0.1", d.http_port))
         s.sendall(b"GET /v1/sessions/" + sid.encode() + b" HTTP/1.1\r\nHost: x\r\n")
         slow.append(s)
     try:
-        # ... while 1,000 concurrent clients are all answered, none with a 5xx.
+        # ... while a crowd of concurrent clients is answered, none with a 5xx.
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
         async with aiohttp.ClientSession(d.api, connector=connector) as http:
 
@@ -64,8 +75,8 @@ async def test_oversized_slow_and_many_clients(redis: Any, daemons: Start) -> No
                     await resp.read()
                     return resp.status
 
-            statuses = Counter(await asyncio.gather(*(one(i) for i in range(1000))))
-        assert statuses == {200: 500, 404: 500}
+            statuses = Counter(await asyncio.gather(*(one(i) for i in range(clients))))
+        assert statuses == {200: clients // 2, 404: clients - clients // 2}
         for s in slow:
             s.sendall(b"X-Slow: 1\r\n")
         assert d.ready()
