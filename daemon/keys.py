@@ -82,7 +82,3 @@ class PartitionKeys:
 
     def live(self, account_id: str) -> str:
         return self.base + "live:" + account_id
-
-
-def partition_keys(prefix: str, partitions: int) -> list[PartitionKeys]:
-    return [PartitionKeys(prefix, p) for p in range(partitions)]

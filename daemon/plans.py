@@ -21,9 +21,6 @@ class Plan:
     max_concurrent: int | None  # None: unlimited
     max_duration_seconds: int
 
-    def default_timeout_seconds(self) -> int:
-        return min(3600, self.max_duration_seconds)
-
 
 def _positive_int(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
