@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from daemon.embedded import answers_ping
 from tests import servers
 from tests.servers import VALKEY_SERVER, wait_for
 
@@ -53,14 +53,7 @@ class Valkey:
         return self
 
     def _answers(self) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(0.5)
-                s.connect(str(self.socket))
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return answers_ping(self.socket)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -246,19 +246,8 @@ async def create_session(request: web.Request) -> web.Response:
     # Other field errors are reported after the billing and concurrency checks (SPEC §2).
     session_id = body.get("session_id", new_session_id())
     id_problem = _id_problem("session_id", session_id)
-    timeout, timeout_problem = _int_field(body, "timeout_seconds", 1, None)
-    inactivity, inactivity_problem = _int_field(
-        body, "inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS
-    )
-    auto_kill, auto_kill_problem = _bool_field(body, "auto_kill")
-    problems = [
-        _unknown_fields(body, _CREATE_FIELDS),
-        id_problem,
-        timeout_problem,
-        inactivity_problem,
-        auto_kill_problem,
-    ]
-    deferred = next((p for p in problems if p), "")
+    timeout, inactivity, auto_kill, problem = _limits(body, _CREATE_FIELDS, id_problem)
+    deferred = problem or ""
     try:
         view = await store.create_session(
             session_id if id_problem is None else "",
@@ -279,6 +268,23 @@ async def create_session(request: web.Request) -> web.Response:
     return _view(view, 201)
 
 
+def _limits(
+    body: dict[str, Any], allowed: set[str], id_problem: str | None = None
+) -> tuple[int | None, int | None, bool | None, str | None]:
+    """``timeout_seconds``, ``inactivity_timeout_seconds``, ``auto_kill`` and the first
+    problem with the body's fields (an unknown field, then the id, then the limits in
+    order), as create and PATCH read them.
+    """
+    timeout, timeout_problem = _int_field(body, "timeout_seconds", 1, None)
+    inactivity, inactivity_problem = _int_field(
+        body, "inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS
+    )
+    auto_kill, auto_kill_problem = _bool_field(body, "auto_kill")
+    problems = (_unknown_fields(body, allowed), id_problem, timeout_problem,
+                inactivity_problem, auto_kill_problem)  # fmt: skip
+    return timeout, inactivity, auto_kill, next((p for p in problems if p), None)
+
+
 async def get_session(request: web.Request) -> web.Response:
     session_id = _path_id(request, "session_id")
     scope = _principal(request).account_id
@@ -294,18 +300,7 @@ async def keepalive(request: web.Request) -> web.Response:
 async def patch_session(request: web.Request) -> web.Response:
     session_id = _path_id(request, "session_id")
     body = await _json_object(request)
-    timeout, timeout_problem = _int_field(body, "timeout_seconds", 1, None)
-    inactivity, inactivity_problem = _int_field(
-        body, "inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS
-    )
-    auto_kill, auto_kill_problem = _bool_field(body, "auto_kill")
-    problems = [
-        _unknown_fields(body, _PATCH_FIELDS),
-        timeout_problem,
-        inactivity_problem,
-        auto_kill_problem,
-    ]
-    problem = next((p for p in problems if p), None)
+    timeout, inactivity, auto_kill, problem = _limits(body, _PATCH_FIELDS)
     if problem:
         raise errors.InvalidRequest(problem + ".")
     store = request.app[STORE]

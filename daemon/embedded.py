@@ -55,6 +55,18 @@ def _is_valkey(pid: int) -> bool:
         return False
 
 
+def answers_ping(socket_path: Path) -> bool:
+    """Whether a server listens on the unix socket and answers PING."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(0.5)
+            s.connect(str(socket_path))
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 class EmbeddedValkey:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -120,14 +132,7 @@ class EmbeddedValkey:
                  data_dir=str(self.data_dir))  # fmt: skip
 
     def _answers(self) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(0.5)
-                s.connect(str(self.socket_path))
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return answers_ping(self.socket_path)
 
     def _stop_leftover(self) -> None:
         """Stop a server a killed daemon left behind (its pid file names it)."""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from daemon.events import parse_entry
+from daemon.events import ParsedEvent, parse_entry
 from daemon.keys import GROUP
 from daemon.settings import Settings
 from daemon.store import ApplyResult, Store
@@ -58,6 +58,11 @@ class Harness:
         pk = self.store.partition_for(account) if account else self.pk
         entry_id = await self.redis.xadd(pk.events, {k: v for k, v in fields.items()})
         return str(entry_id.decode())
+
+    async def read(self, consumer: str | None = None) -> list[ParsedEvent]:
+        """XREADGROUP ``>`` on partition 0 as ``consumer`` (this replica), checked."""
+        reply = await self.redis.xreadgroup(GROUP, consumer or self.replica, {self.pk.events: ">"})
+        return [parse_entry(eid, f, self.store.plans) for eid, f in (reply[0][1] if reply else [])]
 
     async def consume(self, partition: int = 0) -> ApplyResult:
         """Read and apply everything waiting in one partition's stream."""

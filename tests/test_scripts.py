@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from daemon import errors
+from daemon.events import parse_entry
+from daemon.store import OlderEntriesPending
 from tests.conftest import Harness
 
 Make = Callable[..., Any]
@@ -274,10 +276,7 @@ async def test_a_batch_applied_twice_is_skipped_the_second_time(harness: Make) -
     h: Harness = await harness()
     await h.store.create_session("s1", "acme", 600, 60, True)
     await h.publish(type="terminate", session_id="s1", account_id="acme")
-    reply = await h.redis.xreadgroup("lifecycled", h.replica, {h.pk.events: ">"})
-    from daemon.events import parse_entry
-
-    events = [parse_entry(eid, f, h.store.plans) for eid, f in reply[0][1]]
+    events = await h.read()
     first = await h.store.apply_events(h.pk, h.replica, events)
     again = await h.store.apply_events(h.pk, h.replica, events)
     assert first is not None and first.outcomes == ["ended:requested"]
@@ -289,10 +288,7 @@ async def test_apply_is_fenced_by_the_lease(harness: Make) -> None:
     h: Harness = await harness()
     await h.store.create_session("s1", "acme", 600, 60, True)
     await h.publish(type="terminate", session_id="s1", account_id="acme")
-    reply = await h.redis.xreadgroup("lifecycled", h.replica, {h.pk.events: ">"})
-    from daemon.events import parse_entry
-
-    events = [parse_entry(eid, f, h.store.plans) for eid, f in reply[0][1]]
+    events = await h.read()
     await h.redis.set(h.pk.lease, "another-replica")
     assert await h.store.apply_events(h.pk, h.replica, events) is None
     assert (await h.store.get_session("s1")).record.status == "ready"
@@ -411,13 +407,9 @@ async def test_a_batch_waits_for_older_entries_another_consumer_left_pending(
     h: Harness = await harness()
     await h.publish(type="created", session_id="s1", account_id="acme")
     # A superseded holder read the create but never applied it.
-    await h.redis.xreadgroup("lifecycled", "old-holder", {h.pk.events: ">"})
+    await h.read("old-holder")
     await h.publish(type="terminate", session_id="s1", account_id="acme")
-    reply = await h.redis.xreadgroup("lifecycled", h.replica, {h.pk.events: ">"})
-    from daemon.events import parse_entry
-    from daemon.store import OlderEntriesPending
-
-    events = [parse_entry(eid, f, h.store.plans) for eid, f in reply[0][1]]
+    events = await h.read()
     with pytest.raises(OlderEntriesPending):
         await h.store.apply_events(h.pk, h.replica, events)
     assert (await h.redis.xpending(h.pk.events, "lifecycled"))["pending"] == 2
