@@ -195,7 +195,7 @@ class Bench:
         ))  # fmt: skip
 
     async def live_sessions(self, redis: Any, partitions: int) -> int:
-        return sum([await redis.zcard(f"{PREFIX}:{{{p}}}:life") for p in range(partitions)])
+        return sum([await redis.zcard(f"{PREFIX}:{{{p}}}:deadlines") for p in range(partitions)])
 
     async def wait_live(self, redis: Any, partitions: int, n: int, limit: float) -> None:
         end = time.monotonic() + limit

@@ -128,6 +128,7 @@ class Engine:
         ttl_s = self.store.settings.lease_ttl_ms / 1000
         for pk in self.store.partitions:
             await ensure_group(self.redis, pk)
+            await self.store.migrate_deadlines(pk)
         # Producers read these to route and validate events as this deployment does.
         await self.redis.hset(
             config_key(self.store.settings.key_prefix),

@@ -61,14 +61,14 @@ class PartitionExpirer:
             result = await self.run_once()
             if result.terminated >= self.store.settings.expire_batch:
                 continue  # more are due right now
-            if result.held:
-                delay = HELD_RECHECK_SECONDS
-            elif result.next_due_ms is None:
+            if result.next_due_ms is None:
                 delay = MAX_SLEEP_SECONDS
             else:
                 # +1 ms: never wake before the deadline's millisecond has passed.
                 delay = max(0.0, (result.next_due_ms - result.now_ms + 1) / 1000)
                 delay = min(delay, MAX_SLEEP_SECONDS)
+            if result.held:
+                delay = min(delay, HELD_RECHECK_SECONDS)
             self._wake_at_ms = result.now_ms + int(delay * 1000)
             if delay > 0:
                 with contextlib.suppress(TimeoutError):

@@ -6,8 +6,8 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:commands``     stream of commands out                               SPEC §3
 - ``P:{p}:dead``         dead-letter stream                                   SPEC §3
 - ``P:{p}:s:<session>``  hash, one session record (fields in ``daemon.model``)
-- ``P:{p}:life``         sorted set, session -> max-lifetime deadline (ms)
-- ``P:{p}:idle``         sorted set, session -> inactivity deadline (ms), auto_kill only
+- ``P:{p}:deadlines``    sorted set, every live session -> its effective deadline (ms)
+- ``P:{p}:held``         sorted set, session -> inactivity deadline the lag-safe rule holds
 - ``P:{p}:warn``         sorted set, session -> time of its ``expiring`` warning (ms)
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
@@ -59,12 +59,12 @@ class PartitionKeys:
         return self.base + "dead"
 
     @property
-    def life(self) -> str:
-        return self.base + "life"
+    def deadlines(self) -> str:
+        return self.base + "deadlines"
 
     @property
-    def idle(self) -> str:
-        return self.base + "idle"
+    def held(self) -> str:
+        return self.base + "held"
 
     @property
     def warn(self) -> str:

@@ -115,7 +115,7 @@ class Metrics:
         """Read the gauges describing shared state from Redis, so every replica agrees."""
         pipe = redis.pipeline(transaction=False)
         for pk in partitions:
-            pipe.zcard(pk.life)
+            pipe.zcard(pk.deadlines)
             pipe.xlen(pk.events)
             pipe.xinfo_groups(pk.events)
         replies = await pipe.execute(raise_on_error=False)

@@ -26,6 +26,7 @@ SCRIPT_NAMES = (
     "auth_failure",
     "apply_events",
     "expire_due",
+    "migrate_deadlines",
     "lease",
     "lease_release",
     "replicas",

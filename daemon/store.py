@@ -124,7 +124,7 @@ class Store:
 
     async def _call(self, name: str, pk: PartitionKeys, *args: Any) -> Any:
         s = self.settings
-        keys = [pk.events, pk.commands, pk.dead, pk.life, pk.idle, pk.warn, pk.lease]
+        keys = [pk.events, pk.commands, pk.dead, pk.deadlines, pk.held, pk.warn, pk.lease]
         context = [
             pk.base,
             self._plans_arg,
@@ -370,6 +370,15 @@ class Store:
 
     async def unregister_replica(self, replica_id: str) -> None:
         await self._scripts["replicas"](keys=[self._replicas_key], args=[replica_id, 0])
+
+    async def migrate_deadlines(self, pk: PartitionKeys) -> None:
+        """Move sessions of the 0.1 layout (``life`` and ``idle`` sets) to ``deadlines``."""
+        moved, left = 0, 1
+        while left:
+            reply = await self._call("migrate_deadlines", pk, 1000)
+            moved, left = moved + int(reply[0]), int(reply[1])
+        if moved:
+            log.info("deadlines_migrated", partition=pk.partition, sessions=moved)
 
     async def expire_due(self, pk: PartitionKeys) -> ExpireResult:
         reply = await self._call("expire_due", pk, GROUP, self.settings.expire_batch)

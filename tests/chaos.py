@@ -305,7 +305,7 @@ class Chaos:
             live = 0
             pending = 0
             for p in range(PARTITIONS):
-                live += await self.redis.zcard(f"lifecycle:{{{p}}}:life")
+                live += await self.redis.zcard(f"lifecycle:{{{p}}}:deadlines")
                 pending += (await self.redis.xpending(f"lifecycle:{{{p}}}:events",
                                                       "lifecycled"))["pending"]  # fmt: skip
                 pending += await self._undelivered(p)

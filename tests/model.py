@@ -424,15 +424,23 @@ class PartitionModel:
             terminated += 1
             by_inactivity += reason == "inactivity"
             lateness.append(now - deadline)
-        live = [s for s in self.sessions.values() if s.live]
-        idles = [s.idle_expires_at for s in live if s.idle_expires_at is not None]
-        idle_head = min(idles, default=None)
-        candidates = [s.expires_at for s in live] + idles
+        # Next due: each live session's deadline, or its maximum lifetime while its passed
+        # inactivity deadline is held (that one waits for the consumer, not the clock).
+        candidates: list[int] = []
+        held = False
+        for session in self.sessions.values():
+            if not session.live:
+                continue
+            deadline, reason = session.deadline()
+            if reason == "inactivity" and idle_limit < deadline <= now:
+                held = True
+                deadline = session.expires_at
+            candidates.append(deadline)
         return Expiry(
             terminated=terminated,
             by_inactivity=by_inactivity,
             next_due_ms=min(candidates, default=None),
-            held=idle_head is not None and idle_limit < idle_head <= now,
+            held=held,
             lateness_ms=sorted(lateness),
         )
 

@@ -323,8 +323,7 @@ async def test_patch_changes_limits_within_the_plan_and_the_time_used(api: MakeA
 
     # The deadlines the expirer reads moved with the record.
     h = a.harness
-    assert await h.redis.zscore(h.pk.life, "s1") == _ms(unkilled["expires_at"])
-    assert await h.redis.zscore(h.pk.idle, "s1") is None
+    assert await h.redis.zscore(h.pk.deadlines, "s1") == _ms(unkilled["expires_at"])
 
 
 async def test_patch_allows_the_plan_maximum_of_the_account_now(api: MakeApi) -> None:

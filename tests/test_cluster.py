@@ -346,7 +346,7 @@ async def test_a_master_failover_loses_no_termination(
     created = PARTITIONS * per_account
 
     async def all_live() -> bool:
-        counts = [await rc.zcard(_key(p, "life")) for p in range(PARTITIONS)]
+        counts = [await rc.zcard(_key(p, "deadlines")) for p in range(PARTITIONS)]
         return bool(sum(counts) == created)
 
     await eventually(all_live, timeout=10, what="every session created")

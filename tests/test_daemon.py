@@ -195,7 +195,7 @@ async def test_events_apply_in_stream_order_across_replicas(redis: Any, daemons:
         what="every session terminated on request",
     )  # fmt: skip
     assert Counter(c["reason"] for c in cmds) == {"requested": total}
-    assert await redis.zcard("lifecycle:{0}:life") == 0
+    assert await redis.zcard("lifecycle:{0}:deadlines") == 0
 
 
 async def test_activity_that_arrived_in_time_counts_under_a_flooded_stream(

@@ -36,7 +36,7 @@ from tests.tools import find_promtool
 Start = Callable[..., Daemon]
 EVENTS = "lifecycle:{0}:events"
 COMMANDS = "lifecycle:{0}:commands"
-LIFE = "lifecycle:{0}:life"
+DEADLINES = "lifecycle:{0}:deadlines"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -373,7 +373,7 @@ async def test_sigterm_drains_the_batch_in_flight_and_loses_nothing(
     for i in range(total):
         pipe.xadd(EVENTS, {"type": "created", "session_id": f"s{i}", "account_id": "big"})
     ids = [eid.decode() for eid in (await pipe.execute())]
-    await eventually(lambda: _at_least(redis.zcard(LIFE), 1), what="consumption started")
+    await eventually(lambda: _at_least(redis.zcard(DEADLINES), 1), what="consumption started")
     started = time.monotonic()
     assert d.stop(signal.SIGTERM, timeout=10) == 0
     assert time.monotonic() - started < 5, "exits within shutdown_timeout_seconds"
@@ -385,7 +385,7 @@ async def test_sigterm_drains_the_batch_in_flight_and_loses_nothing(
     }
     [group] = await redis.xinfo_groups(EVENTS)
     last = _id(group["last-delivered-id"].decode())
-    live = {m.decode() for m in await redis.zrange(LIFE, 0, -1)}
+    live = {m.decode() for m in await redis.zrange(DEADLINES, 0, -1)}
     for i, eid in enumerate(ids):
         applied = f"s{i}" in live
         acknowledged = _id(eid) <= last and eid not in pending
@@ -393,7 +393,9 @@ async def test_sigterm_drains_the_batch_in_flight_and_loses_nothing(
 
     # The next daemon takes over and applies the rest: nothing is lost.
     daemons()
-    await eventually(lambda: _at_least(redis.zcard(LIFE), total), timeout=30, what="all applied")
+    await eventually(
+        lambda: _at_least(redis.zcard(DEADLINES), total), timeout=30, what="all applied"
+    )
 
 
 def _id(entry_id: str) -> tuple[int, int]:

@@ -487,3 +487,55 @@ async def test_a_keepalive_during_a_held_deadline_keeps_the_session(harness: Mak
     view = await h.store.keepalive("s1")
     assert view.record.status == "ready" and view.record.last_activity_at == view.now_ms
     assert await h.commands() == []
+
+
+async def test_sessions_of_the_0_1_layout_move_to_the_deadlines_set(harness: Make) -> None:
+    h: Harness = await harness()
+    now = await h.server_ms()
+    base = h.pk.base
+    # 0.1 kept a max-lifetime set and an inactivity set; the records are unchanged.
+    sessions = {
+        "busy": (now + 600_000, now, 300, "1"),  # due at its inactivity deadline
+        "calm": (now + 600_000, now, 300, "0"),  # no auto_kill: its max lifetime
+        "overdue": (now - 5_000, now - 60_000, 300, "1"),  # its lifetime passed meanwhile
+    }
+    for sid, (e, last, i, k) in sessions.items():
+        await h.redis.hset(base + "s:" + sid, mapping={"a": "acme", "p": "free", "s": "u",
+                           "c": now - 60_000, "e": e, "l": last, "i": i, "k": k})  # fmt: skip
+        await h.redis.sadd(base + "live:acme", sid)
+        await h.redis.zadd(base + "life", {sid: e})
+        if k == "1":
+            await h.redis.zadd(base + "idle", {sid: last + i * 1000})
+    await h.redis.zadd(base + "life", {"gone": now})  # a record already expired
+
+    await h.store.migrate_deadlines(h.pk)
+    assert not await h.redis.exists(base + "life", base + "idle")
+    scores = dict(await h.redis.zrange(h.pk.deadlines, 0, -1, withscores=True))
+    assert scores == {b"busy": now + 300_000, b"calm": now + 600_000, b"overdue": now - 5_000}
+
+    result = await h.store.expire_due(h.pk)
+    assert result.terminated == 1 and result.next_due_ms == now + 300_000
+    [cmd] = await h.commands()
+    assert cmd["session_id"] == "overdue" and cmd["reason"] == "max_lifetime"
+    assert int(cmd["deadline"]) == now - 5_000
+
+
+async def test_a_held_session_still_ends_at_its_max_lifetime(harness: Make) -> None:
+    h: Harness = await harness()
+    rec = (await h.store.create_session("s1", "acme", 3, 1, True)).record
+    # An entry from before the inactivity deadline stays unapplied: the deadline is held.
+    await h.publish(type="activity", session_id="other", account_id="acme")
+    while await h.server_ms() <= (rec.idle_expires_at or 0):
+        await asyncio.sleep(0.05)
+    held = await h.store.expire_due(h.pk)
+    assert held.terminated == 0 and held.held
+    assert held.next_due_ms == rec.expires_at  # the held deadline waits for the consumer
+    assert await h.redis.zscore(h.pk.held, "s1") == rec.idle_expires_at
+    assert await h.redis.zcard(h.pk.deadlines) == 1
+    while await h.server_ms() < rec.expires_at:
+        await asyncio.sleep(0.05)
+    result = await h.store.expire_due(h.pk)
+    assert result.terminated == 1 and result.by_inactivity == 0 and not result.held
+    [cmd] = await h.commands()
+    assert cmd["reason"] == "max_lifetime" and int(cmd["deadline"]) == rec.expires_at
+    assert not await h.redis.exists(h.pk.deadlines, h.pk.held)

@@ -11,7 +11,8 @@
     ARGV[10] batch size (most terminations in one call)
   Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
            terminated for inactivity, lateness of each termination (ms)...}
-    held = 1 when a passed inactivity deadline waits for the consumer
+    held = 1 when a passed inactivity deadline waits for the consumer; the next deadline
+    leaves it out
   Commands: terminate (max_lifetime | inactivity, deadline = the deadline that
   passed), expiring.
 ]]
@@ -26,46 +27,62 @@ local idle_limit = inactivity_limit(group, now)
 
 local done, by_inactivity, lateness = 0, 0, {}
 local batch_done = {}
--- Every member read here leaves both deadline sets (terminated now, or gone already):
--- one ZREM per set and batch instead of two per session.
-local function unschedule(sids)
-  if #sids > 0 then
-    redis.call('ZREM', K_LIFE, unpack(sids))
-    redis.call('ZREM', K_IDLE, unpack(sids))
+local gone = {}  -- members to take out of the deadlines set, once for the whole batch
+
+local function expire(sid, reason, deadline, h)
+  if terminate(sid, reason, deadline, now, h, batch_done) then
+    done = done + 1
+    if reason == 'inactivity' then by_inactivity = by_inactivity + 1 end
+    lateness[#lateness + 1] = now - deadline
   end
 end
 
-local life_due = redis.call('ZRANGEBYSCORE', K_LIFE, '-inf', now, 'LIMIT', 0, batch)
-for _, sid in ipairs(life_due) do
+-- A session whose inactivity deadline has passed but is held (lag-safe rule) stays in
+-- the deadlines set under its max-lifetime deadline, which never waits, and goes into
+-- the held set under its inactivity deadline. Held entries the consumer has caught up
+-- with fire first. An entry whose record moved on (activity applied, limits changed,
+-- session ended) is dropped: the deadlines set holds that session's current deadline.
+local held_due = redis.call('ZRANGEBYSCORE', K_HELD, '-inf', idle_limit, 'LIMIT', 0, batch)
+for _, sid in ipairs(held_due) do
   local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k')
-  if h[1] then
+  if h[1] and h[1] ~= 't' then
     local deadline, reason = deadline_of(tonumber(h[4]), tonumber(h[5]), tonumber(h[6]), h[7])
-    if reason == 'inactivity' and deadline > idle_limit then
-      deadline, reason = tonumber(h[4]), 'max_lifetime'
-    end
-    if terminate(sid, reason, deadline, now, h, batch_done) then
-      done = done + 1
-      if reason == 'inactivity' then by_inactivity = by_inactivity + 1 end
-      lateness[#lateness + 1] = now - deadline
+    if deadline <= idle_limit then
+      expire(sid, reason, deadline, h)
+      gone[#gone + 1] = sid
     end
   end
 end
-unschedule(life_due)
+if #held_due > 0 then redis.call('ZREM', K_HELD, unpack(held_due)) end
 
-if #life_due < batch then
-  local due = redis.call('ZRANGEBYSCORE', K_IDLE, '-inf', idle_limit, 'WITHSCORES',
-    'LIMIT', 0, batch - #life_due)
-  local sids = {}
-  for j = 1, #due, 2 do
-    sids[#sids + 1] = due[j]
-    if terminate(due[j], 'inactivity', tonumber(due[j + 1]), now, nil, batch_done) then
-      done = done + 1
-      by_inactivity = by_inactivity + 1
-      lateness[#lateness + 1] = now - tonumber(due[j + 1])
+local room = batch - #held_due
+if room > 0 then
+  local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, room)
+  for _, sid in ipairs(due) do
+    local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k')
+    if not h[1] or h[1] == 't' then
+      gone[#gone + 1] = sid
+    else
+      local e = tonumber(h[4])
+      local deadline, reason = deadline_of(e, tonumber(h[5]), tonumber(h[6]), h[7])
+      if reason == 'inactivity' and deadline > idle_limit then
+        if e <= now then
+          expire(sid, 'max_lifetime', e, h)
+          gone[#gone + 1] = sid
+        else
+          redis.call('ZADD', K_HELD, deadline, sid)
+          redis.call('ZADD', K_DEADLINES, e, sid)
+        end
+      elseif deadline <= now then
+        expire(sid, reason, deadline, h)
+        gone[#gone + 1] = sid
+      else
+        redis.call('ZADD', K_DEADLINES, deadline, sid)  -- a stale score: repair it
+      end
     end
   end
-  unschedule(sids)
 end
+if #gone > 0 then redis.call('ZREM', K_DEADLINES, unpack(gone)) end
 flush_batch(batch_done)
 
 local warned = 0
@@ -86,13 +103,27 @@ end
 
 local next_due = -1
 local held = 0
-local head = redis.call('ZRANGE', K_LIFE, 0, 0, 'WITHSCORES')
+local head = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')
 if #head > 0 then next_due = tonumber(head[2]) end
-head = redis.call('ZRANGE', K_IDLE, 0, 0, 'WITHSCORES')
-if #head > 0 then
+-- A held deadline waits for the consumer, not for the clock: it is reported apart. Entries
+-- whose session moved on are dropped here, so that held says a session really waits.
+while true do
+  head = redis.call('ZRANGE', K_HELD, 0, 0, 'WITHSCORES')
+  if #head == 0 then break end
   local d = tonumber(head[2])
-  if d <= now and d > idle_limit then held = 1 end
-  if next_due < 0 or d < next_due then next_due = d end
+  if d <= idle_limit then
+    if next_due < 0 or d < next_due then next_due = d end  -- more than a batch was due
+    break
+  end
+  local h = redis.call('HMGET', session_key(head[1]), 's', 'e', 'l', 'i', 'k')
+  if h[1] and h[1] ~= 't' then
+    local deadline, reason = deadline_of(tonumber(h[2]), tonumber(h[3]), tonumber(h[4]), h[5])
+    if deadline == d and reason == 'inactivity' then
+      held = 1
+      break
+    end
+  end
+  redis.call('ZREM', K_HELD, head[1])
 end
 if WARN_MS > 0 then
   head = redis.call('ZRANGE', K_WARN, 0, 0, 'WITHSCORES')

@@ -44,6 +44,5 @@ if inactivity ~= '' then i = tonumber(inactivity) end
 if auto_kill ~= '' then k = auto_kill end
 
 redis.call('HSET', key, 'e', e, 'i', i, 'k', k)
-redis.call('ZADD', K_LIFE, e, sid)
 schedule(sid, e, l, i, k, h[8])
 return view(1, sid, now)

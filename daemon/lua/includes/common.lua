@@ -9,8 +9,11 @@
     KEYS[1] events stream        P:{p}:events
     KEYS[2] commands stream      P:{p}:commands
     KEYS[3] dead-letter stream   P:{p}:dead
-    KEYS[4] life sorted set      P:{p}:life   member session id, score max-lifetime deadline (ms)
-    KEYS[5] idle sorted set      P:{p}:idle   member session id, score inactivity deadline (ms)
+    KEYS[4] deadlines sorted set P:{p}:deadlines  member session id (every live session),
+            score its effective deadline (ms); while an inactivity deadline is held by the
+            lag-safe rule, its max-lifetime deadline
+    KEYS[5] held sorted set      P:{p}:held   member session id, score the inactivity
+            deadline the lag-safe rule holds (ms); checked lazily against the record
     KEYS[6] warn sorted set      P:{p}:warn   member session id, score warning time (ms)
     KEYS[7] lease string         P:{p}:lease  replica id of the partition's consumer
 
@@ -31,7 +34,7 @@
   expiring warning was sent for. The maximum lifetime is (e - c) / 1000: not stored.
 ]]
 local K_EVENTS, K_COMMANDS, K_DEAD = KEYS[1], KEYS[2], KEYS[3]
-local K_LIFE, K_IDLE, K_WARN, K_LEASE = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local K_DEADLINES, K_HELD, K_WARN, K_LEASE = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 
 local BASE = ARGV[1]
 local DEFAULT_PLAN = ARGV[3]
@@ -78,15 +81,11 @@ local function deadline_of(e, l, i, k)
   return e, 'max_lifetime'
 end
 
--- (Re)write a live session's inactivity deadline and warning time after a change of
--- e, l, i or k. Returns its effective deadline.
+-- (Re)write a live session's deadline and warning time after a change of e, l, i or k.
+-- Returns its effective deadline.
 local function schedule(sid, e, l, i, k, warned)
-  if k == '1' then
-    redis.call('ZADD', K_IDLE, l + i * 1000, sid)
-  else
-    redis.call('ZREM', K_IDLE, sid)
-  end
   local deadline = deadline_of(e, l, i, k)
+  redis.call('ZADD', K_DEADLINES, deadline, sid)
   if WARN_MS > 0 and tostring(deadline) ~= warned then
     redis.call('ZADD', K_WARN, deadline - WARN_MS, sid)
   end
@@ -101,8 +100,9 @@ end
 -- when it is unknown or already terminated: this check is what makes the terminate
 -- command exactly-once across retries, crashes and replicas.
 -- ``loaded``: the session's {status, account, created_at} when the caller has read them.
--- ``batch``: expire_due's batch, which takes the session out of the deadline sets and
--- its account's live set once for the whole batch (see flush_batch).
+-- ``batch``: expire_due's batch, which takes the session out of the deadlines set and
+-- its account's live set once for the whole batch (see flush_batch). A held entry of
+-- the session is left for expire_due to drop when it next reads it.
 local function terminate(sid, reason, deadline, now, loaded, batch)
   local key = session_key(sid)
   local h = loaded or redis.call('HMGET', key, 's', 'a', 'c')
@@ -116,8 +116,7 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
     end
     of_account[#of_account + 1] = sid
   else
-    redis.call('ZREM', K_LIFE, sid)
-    redis.call('ZREM', K_IDLE, sid)
+    redis.call('ZREM', K_DEADLINES, sid)
     redis.call('SREM', live_key(h[2]), sid)
   end
   if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
@@ -181,7 +180,6 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   redis.call('HSET', key, 'a', account, 'p', plan_name, 's', 'r', 'c', created_at,
     'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
   redis.call('SADD', live_key(account), sid)
-  redis.call('ZADD', K_LIFE, e, sid)
   return 1, schedule(sid, e, created_at, i, auto_kill, nil)
 end
 
@@ -211,7 +209,8 @@ local function touch(sid, account, ts, is_activity, arrived, now)
   if is_activity and h[1] == 'r' then redis.call('HSET', key, 's', 'u') end
   if ts > l then
     redis.call('HSET', key, 'l', ts)
-    schedule(sid, tonumber(h[3]), ts, tonumber(h[5]), h[6], h[7])
+    -- Without auto_kill the deadline is the maximum lifetime, which activity never moves.
+    if h[6] == '1' then schedule(sid, tonumber(h[3]), ts, tonumber(h[5]), h[6], h[7]) end
   end
   return 'applied'
 end
