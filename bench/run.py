@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 
 from bench.servers import VALKEY_SERVER, Daemon, Valkey
+from daemon.redis_client import connect
 
 PREFIX = "lifecycle"
 
@@ -261,7 +261,7 @@ class Bench:
         s = self.sizes
         partitions = 4
         valkey = Valkey(self.workdir / "valkey-events").start()
-        redis = Redis.from_url(valkey.url)
+        redis = connect(valkey.url, cluster=False)
         accounts = [f"acct{i}" for i in range(s.accounts)]
         daemons: list[Daemon] = []
         try:
@@ -384,7 +384,7 @@ class Bench:
     async def scale(self) -> None:
         s = self.sizes
         valkey = Valkey(self.workdir / "valkey-scale").start()
-        redis = Redis.from_url(valkey.url)
+        redis = connect(valkey.url, cluster=False)
         accounts = [f"acct{i}" for i in range(s.accounts)]
         daemon: Daemon | None = None
         try:
@@ -494,8 +494,8 @@ class Bench:
         valkey = Valkey(
             self.workdir / f"valkey-peer-{live}", "--notify-keyspace-events", "Ex"
         ).start()
-        redis = Redis.from_url(valkey.url)
-        subscriber = Redis.from_url(valkey.url)
+        redis = connect(valkey.url, cluster=False)
+        subscriber = connect(valkey.url, cluster=False)
         try:
             now_ms = int(time.time() * 1000)
             pipe = redis.pipeline(transaction=False)
