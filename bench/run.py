@@ -239,14 +239,21 @@ class Bench:
                 start = "(" + chunk[-1][0].decode()
         return out
 
+    async def commands_written(self, redis: Any, partitions: int) -> int:
+        return sum([await redis.xlen(commands_key(p)) for p in range(partitions)])
+
     async def wait_terminated(
-        self, redis: Any, partitions: int, prefix: str, n: int, limit: float
+        self, redis: Any, partitions: int, prefix: str, n: int, limit: float, before: int
     ) -> list[dict[str, str]]:
+        """The ``n`` terminate commands of sessions named ``prefix…``, once all are written.
+
+        ``before``: the commands already written when the phase began.
+        """
         end = time.monotonic() + limit
         while True:
             # Reading the whole commands stream is costly for the server being measured:
             # wait on its length, and read it only when it can hold all n.
-            length = sum([await redis.xlen(commands_key(p)) for p in range(partitions)])
+            length = await self.commands_written(redis, partitions) - before
             if length >= n:
                 cmds = await self.terminations(redis, partitions, prefix)
                 if len(cmds) >= n:
@@ -441,6 +448,7 @@ class Bench:
         tick = 0.02
         per_tick = max(1, round(s.probe_rate * tick))
         ticks = int(s.probe_seconds / tick)
+        before = await self.commands_written(redis, 1)
         loop = asyncio.get_running_loop()
         start = loop.time()
         for t in range(ticks):
@@ -452,7 +460,7 @@ class Bench:
             ))  # fmt: skip
             await asyncio.sleep(max(0.0, start + (t + 1) * tick - loop.time()))
         total = ticks * per_tick
-        cmds = await self.wait_terminated(redis, 1, "probe", total, s.probe_timeout + 120)
+        cmds = await self.wait_terminated(redis, 1, "probe", total, s.probe_timeout + 120, before)
         return [int(c["emitted_at"]) - int(c["deadline"]) for c in cmds]
 
     async def burst(self, redis: Any, accounts: list[str]) -> None:
@@ -472,10 +480,12 @@ class Bench:
                     "inactivity_timeout_seconds": "86400",
                 }
 
+        before = await self.commands_written(redis, 1)
         t0 = time.monotonic()
         await self.publish(redis, 1, entries(), batch=200)
         published = time.monotonic() - t0
-        cmds = await self.wait_terminated(redis, 1, "burst", s.burst, s.burst_timeout + 120)
+        cmds = await self.wait_terminated(redis, 1, "burst", s.burst, s.burst_timeout + 120,
+                                          before)  # fmt: skip
         deadlines = [int(c["deadline"]) for c in cmds]
         emitted = [int(c["emitted_at"]) for c in cmds]
         lateness = [e - d for e, d in zip(emitted, deadlines, strict=True)]

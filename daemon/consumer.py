@@ -47,7 +47,7 @@ class PartitionConsumer:
         replica_id: str,
         lease_token: str,
         metrics: Metrics,
-        on_deadline: Callable[[int | None], None],
+        on_applied: Callable[[int | None], None],
     ) -> None:
         self.store = store
         self.redis = store.redis
@@ -55,7 +55,7 @@ class PartitionConsumer:
         self.replica_id = replica_id  # the consumer name in the group
         self.lease_token = lease_token
         self.metrics = metrics
-        self.on_deadline = on_deadline
+        self.on_applied = on_applied  # called with the earliest deadline a batch wrote
         self.settings = store.settings
         self._stopping = False
         self._last_claim = 0.0
@@ -177,7 +177,7 @@ class PartitionConsumer:
         if result is None:
             raise LeaseLost(self.pk.partition)
         self._account(events, result.outcomes, result.now_ms)
-        self.on_deadline(result.earliest_new_deadline)
+        self.on_applied(result.earliest_new_deadline)
 
     def _account(self, events: list[ParsedEvent], outcomes: list[str], now_ms: int) -> None:
         self.metrics.count_outcomes([e.type for e in events], outcomes)

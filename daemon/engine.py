@@ -180,7 +180,7 @@ class Engine:
             self.replica_id,
             token,
             self.metrics,
-            self.expirers[pk.partition].nudge,
+            self.expirers[pk.partition].batch_applied,
         )
         task = asyncio.get_running_loop().create_task(self._consume(consumer))
         self._consumers[pk.partition] = (consumer, task)

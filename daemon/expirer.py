@@ -1,8 +1,10 @@
 """Deadlines out: terminate a partition's due sessions the moment their deadline passes.
 
 The expirer sleeps until the partition's earliest deadline, measured on the Redis
-server's clock, and is woken earlier when this process writes a nearer deadline. A cap
-on the sleep picks up deadlines written by other replicas.
+server's clock, and is woken earlier when this process writes a nearer deadline, or,
+while a passed inactivity deadline waits for the consumer (lag-safe rule), when this
+process's consumer applies a batch. A cap on the sleep picks up deadlines written by
+other replicas.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from daemon.store import ExpireResult, Store
 log = structlog.get_logger("lifecycled.expirer")
 
 MAX_SLEEP_SECONDS = 1.0
-# A passed inactivity deadline waiting for the consumer (lag-safe rule) is rechecked
-# this often; the consumer applying its batch is what releases it.
+# A passed inactivity deadline waiting for the consumer (lag-safe rule) is rechecked this
+# often, for a consumer in another replica; a batch of a local consumer wakes it at once.
 HELD_RECHECK_SECONDS = 0.02
 
 
@@ -32,6 +34,7 @@ class PartitionExpirer:
         self.metrics = metrics
         self._wake = asyncio.Event()
         self._wake_at_ms: int | None = None  # server time of the planned next pass
+        self._held = False  # the last pass found a deadline waiting for the consumer
 
     def nudge(self, deadline_ms: int | None) -> None:
         """A deadline was written here; wake early if it is nearer than the plan."""
@@ -39,6 +42,13 @@ class PartitionExpirer:
             return
         if self._wake_at_ms is None or deadline_ms < self._wake_at_ms:
             self._wake.set()
+
+    def batch_applied(self, deadline_ms: int | None) -> None:
+        """The partition's consumer applied a batch that wrote ``deadline_ms`` (or none)."""
+        if self._held:
+            self._wake.set()  # what the held deadline waited for may be applied now
+        else:
+            self.nudge(deadline_ms)
 
     async def run_once(self) -> ExpireResult:
         result = await shielded(self.store.expire_due(self.pk))
@@ -59,6 +69,7 @@ class PartitionExpirer:
         while True:
             self._wake.clear()
             result = await self.run_once()
+            self._held = result.held
             if result.terminated >= self.store.settings.expire_batch:
                 continue  # more are due right now
             if result.next_due_ms is None:

@@ -378,7 +378,7 @@ class Store:
             reply = await self._call("migrate_deadlines", pk, 1000)
             moved, left = moved + int(reply[0]), int(reply[1])
         if moved:
-            log.info("deadlines_migrated", partition=pk.partition, sessions=moved)
+            log.info("deadlines_migrated", partition=pk.partition, entries=moved)
 
     async def expire_due(self, pk: PartitionKeys) -> ExpireResult:
         reply = await self._call("expire_due", pk, GROUP, self.settings.expire_batch)
