@@ -75,7 +75,8 @@ def _pack_with_hiredis(args: tuple[Any, ...]) -> list[bytes]:
 
     redis-py's synchronous client packs this way when hiredis is installed; its asyncio
     connections pack in Python, which costs more than anything else the consumer does: a
-    batch's ``apply_events`` call carries thousands of arguments.
+    batch's ``apply_events`` call carries thousands of arguments. Used for one server;
+    Sentinel and Cluster clients build their connections themselves and keep redis-py's.
     """
     command = args[0]
     # As redis-py does: a command name such as "CONFIG GET" is several words.
