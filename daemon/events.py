@@ -149,23 +149,24 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
 _ID_BYTES = re.compile(ID_PATTERN.pattern.encode())
 _DIGITS_BYTES = re.compile(_DIGITS.pattern.encode())
 _TOUCH_OPS = {b"activity": ("activity", b"A"), b"keepalive": ("keepalive", b"K")}
-_TOUCH_FIELDS = ({b"type", b"session_id", b"account_id"},
-                 {b"type", b"session_id", b"account_id", b"ts"})  # fmt: skip
 
 
 def _fast_touch(eid: str, fields: Mapping[bytes, bytes]) -> ParsedEvent | None:
     kind = _TOUCH_OPS.get(fields.get(b"type", b""))
-    if kind is None or fields.keys() not in _TOUCH_FIELDS:
+    if kind is None:
         return None
-    session, account = fields[b"session_id"], fields[b"account_id"]
-    ts = fields.get(b"ts", b"")
+    session, account = fields.get(b"session_id"), fields.get(b"account_id")
+    ts = fields.get(b"ts")
     if (
-        not _ID_BYTES.fullmatch(session)
+        session is None
+        or account is None
+        or len(fields) != (3 if ts is None else 4)
+        or not _ID_BYTES.fullmatch(session)
         or not _ID_BYTES.fullmatch(account)
-        or (ts and (len(ts) > 15 or not _DIGITS_BYTES.fullmatch(ts)))
+        or (ts is not None and (len(ts) > 15 or not _DIGITS_BYTES.fullmatch(ts)))
     ):
-        return None  # the full check below names the problem
-    return ParsedEvent(eid, kind[0], [kind[1], 3, session, account, ts])
+        return None  # the full check below accepts it or names the problem
+    return ParsedEvent(eid, kind[0], [kind[1], 3, session, account, ts or b""])
 
 
 def parse_entry(

@@ -250,6 +250,7 @@ async def test_dead_letters_keep_original_fields(harness: Make) -> None:
         {"type": "billing", "account_id": "a", "billing_status": "rich"},
         {"type": "activity", "session_id": b"\xff\xfe", "account_id": "a"},
         {b"\xff": b"1", "type": "activity", "session_id": "s", "account_id": "a"},
+        {"type": "keepalive", "session_id": "s", "account_id": "a", "ts": ""},
     ]  # fmt: skip
     for fields in bad:
         await h.redis.xadd(h.pk.events, fields)
