@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import (
@@ -23,11 +22,11 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.asyncio.sentinel import Sentinel
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
     AskError,
     ClusterDownError,
     ClusterError,
-    DataError,
     RedisClusterException,
     TryAgainError,
 )
@@ -70,40 +69,32 @@ def connect(url: str, cluster: bool) -> Any:
     return Redis(connection_pool=pool)
 
 
-def _pack_with_hiredis(args: tuple[Any, ...]) -> list[bytes]:
-    """The command in the protocol, packed by hiredis's C packer.
+class _HiredisPacking:
+    """Packs commands with hiredis's C packer, as redis-py's synchronous client does.
 
-    redis-py's synchronous client packs this way when hiredis is installed; its asyncio
-    connections pack in Python, which costs more than anything else the consumer does: a
-    batch's ``apply_events`` call carries thousands of arguments. Used for one server;
-    Sentinel and Cluster clients build their connections themselves and keep redis-py's.
+    redis-py's asyncio connections pack in Python, which costs more than anything else the
+    consumer does: a batch's ``apply_events`` call carries thousands of arguments. Used for
+    one server; Sentinel and Cluster clients build their connections themselves and keep
+    redis-py's packer.
     """
-    command = args[0]
-    # As redis-py does: a command name such as "CONFIG GET" is several words.
-    if isinstance(command, str):
-        args = (*command.encode().split(), *args[1:])
-    elif b" " in command:
-        args = (*command.split(), *args[1:])
-    args = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)
-    try:
-        return [hiredis.pack_command(args)]
-    except TypeError as exc:
-        raise DataError(str(exc)) from None
 
+    _serializer = HiredisRespSerializer()
 
-class _PackedConnection(Connection):
     def pack_command(self, *args: Any) -> list[bytes]:
-        return _pack_with_hiredis(args)
+        packed: list[bytes] = self._serializer.pack(*args)
+        return packed
 
 
-class _PackedUnixConnection(UnixDomainSocketConnection):
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return _pack_with_hiredis(args)
+class _PackedConnection(_HiredisPacking, Connection):
+    pass
 
 
-class _PackedSSLConnection(SSLConnection):
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return _pack_with_hiredis(args)
+class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+class _PackedSSLConnection(_HiredisPacking, SSLConnection):
+    pass
 
 
 _HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {
