@@ -29,6 +29,15 @@ local done, by_inactivity, lateness = 0, 0, {}
 local batch_done = {}
 local gone = {}  -- members to take out of the deadlines set, once for the whole batch
 
+-- A live session's record ({s, a, c, ...}, as terminate reads it), its deadline and the
+-- reason it ends with; nil for a session unknown or terminated.
+local function live(sid)
+  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k')
+  if not h[1] or h[1] == 't' then return nil end
+  local deadline, reason = deadline_of(tonumber(h[4]), tonumber(h[5]), tonumber(h[6]), h[7])
+  return h, deadline, reason
+end
+
 local function expire(sid, reason, deadline, h)
   if terminate(sid, reason, deadline, now, h, batch_done) then
     done = done + 1
@@ -44,13 +53,10 @@ end
 -- session ended) is dropped: the deadlines set holds that session's current deadline.
 local held_due = redis.call('ZRANGEBYSCORE', K_HELD, '-inf', idle_limit, 'LIMIT', 0, batch)
 for _, sid in ipairs(held_due) do
-  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k')
-  if h[1] and h[1] ~= 't' then
-    local deadline, reason = deadline_of(tonumber(h[4]), tonumber(h[5]), tonumber(h[6]), h[7])
-    if deadline <= idle_limit then
-      expire(sid, reason, deadline, h)
-      gone[#gone + 1] = sid
-    end
+  local h, deadline, reason = live(sid)
+  if h and deadline <= idle_limit then
+    expire(sid, reason, deadline, h)
+    gone[#gone + 1] = sid
   end
 end
 if #held_due > 0 then redis.call('ZREM', K_HELD, unpack(held_due)) end
@@ -59,12 +65,11 @@ local room = batch - #held_due
 if room > 0 then
   local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, room)
   for _, sid in ipairs(due) do
-    local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k')
-    if not h[1] or h[1] == 't' then
+    local h, deadline, reason = live(sid)
+    if not h then
       gone[#gone + 1] = sid
     else
       local e = tonumber(h[4])
-      local deadline, reason = deadline_of(e, tonumber(h[5]), tonumber(h[6]), h[7])
       if reason == 'inactivity' and deadline > idle_limit then
         if e <= now then
           expire(sid, 'max_lifetime', e, h)
@@ -115,13 +120,10 @@ while true do
     if next_due < 0 or d < next_due then next_due = d end  -- more than a batch was due
     break
   end
-  local h = redis.call('HMGET', session_key(head[1]), 's', 'e', 'l', 'i', 'k')
-  if h[1] and h[1] ~= 't' then
-    local deadline, reason = deadline_of(tonumber(h[2]), tonumber(h[3]), tonumber(h[4]), h[5])
-    if deadline == d and reason == 'inactivity' then
-      held = 1
-      break
-    end
+  local h, deadline, reason = live(head[1])
+  if h and deadline == d and reason == 'inactivity' then
+    held = 1
+    break
   end
   redis.call('ZREM', K_HELD, head[1])
 end
