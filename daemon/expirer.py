@@ -35,6 +35,7 @@ class PartitionExpirer:
         self._wake = asyncio.Event()
         self._wake_at_ms: int | None = None  # server time of the planned next pass
         self._held = False  # the last pass found a deadline waiting for the consumer
+        self._applied_in_pass = False  # a batch was applied while a pass ran
 
     def nudge(self, deadline_ms: int | None) -> None:
         """A deadline was written here; wake early if it is nearer than the plan."""
@@ -48,6 +49,8 @@ class PartitionExpirer:
         if self._held:
             self._wake.set()  # what the held deadline waited for may be applied now
         else:
+            if self._wake_at_ms is None:  # a pass is running
+                self._applied_in_pass = True
             self.nudge(deadline_ms)
 
     async def run_once(self) -> ExpireResult:
@@ -68,6 +71,7 @@ class PartitionExpirer:
         """Expire forever; Redis errors propagate to the supervisor."""
         while True:
             self._wake.clear()
+            self._applied_in_pass = False
             result = await self.run_once()
             self._held = result.held
             if result.terminated >= self.store.settings.expire_batch:
@@ -79,7 +83,8 @@ class PartitionExpirer:
                 delay = max(0.0, (result.next_due_ms - result.now_ms + 1) / 1000)
                 delay = min(delay, MAX_SLEEP_SECONDS)
             if result.held:
-                delay = min(delay, HELD_RECHECK_SECONDS)
+                # A batch applied while the pass ran may be what the deadline waits for.
+                delay = 0.0 if self._applied_in_pass else min(delay, HELD_RECHECK_SECONDS)
             self._wake_at_ms = result.now_ms + int(delay * 1000)
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
