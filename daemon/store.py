@@ -114,6 +114,12 @@ class Store:
         self._acks_missing = False
         self._scripts: dict[str, AsyncScript] = register_all(redis)
         self.set_plans(plans)
+        self._options_arg = ",".join(f"{k}={v}" for k, v in self.options.items())
+
+    @property
+    def options(self) -> dict[str, int | str]:
+        """Settings the scripts read as ``OPT.<name>`` (ARGV[9] in includes/common.lua)."""
+        return {}
 
     def set_plans(self, plans: dict[str, Plan]) -> None:
         self.plans = dict(plans)
@@ -134,6 +140,7 @@ class Store:
             s.commands_maxlen,
             1 if s.billing_hold_terminates else 0,
             s.max_clock_skew_ms,
+            self._options_arg,
         ]
         script = self._scripts[name]
         if not self.settings.redis_wait_replicas or name in _READ_ONLY:

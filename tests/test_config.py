@@ -97,6 +97,28 @@ def test_shipped_example_config_is_valid() -> None:
     assert plans["pro"].max_concurrent == 10 and plans["pro"].max_duration_seconds == 14400
     assert plans["enterprise"].max_concurrent is None
     assert plans["enterprise"].max_duration_seconds == 86400
+    limits = {
+        name: (p.requests_per_minute, p.creates_per_minute, p.max_paused_seconds)
+        for name, p in plans.items()
+    }
+    assert limits == {
+        "free": (120, 10, 86400),
+        "pro": (1200, 60, 604800),
+        "enterprise": (12000, 600, 2592000),
+    }
+
+
+def test_credits_per_hour_is_exact_to_a_micro_credit(tmp_path: Path) -> None:
+    from daemon.plans import PlansError, encode_plans, parse_plans
+
+    plans = parse_plans({"plans": {"m": {"max_duration_seconds": 60, "credits_per_hour": 2.5}}},
+                        "t")  # fmt: skip
+    assert plans["m"].credits_per_hour_micro == 2_500_000 and plans["m"].credits_per_hour == 2.5
+    assert encode_plans(plans) == "m:-1:60:-1:-1:2500000:-1"
+    for bad in (0, -1, 0.0000001, "ten", True):
+        with pytest.raises(PlansError, match="credits_per_hour"):
+            parse_plans({"plans": {"m": {"max_duration_seconds": 60, "credits_per_hour": bad}}},
+                        "t")  # fmt: skip
 
 
 def test_bad_plans_file_is_named(tmp_path: Path) -> None:

@@ -4,11 +4,11 @@
   the entries applied, in the same atomic step: an event's effect and its XACK are
   never separated by a crash.
 
-  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
-    ARGV[9]  lease token; the batch is refused unless the partition's lease is held
+  Input: KEYS and ARGV[1..9] as in includes/common.lua, then
+    ARGV[10] lease token; the batch is refused unless the partition's lease is held
              under it (fencing: a paused or superseded consumer cannot apply anything)
-    ARGV[10] consumer group
-    ARGV[11...] entries, each: entry id, op, argument count n, n arguments
+    ARGV[11] consumer group
+    ARGV[12...] entries, each: entry id, op, argument count n, n arguments
       'C' created    session, account, timeout, inactivity, auto_kill, plan
       'A' activity   session, account, ts ('' = the entry's time)
       'K' keepalive  session, account, ts
@@ -29,20 +29,20 @@
 --- @include "common"
 --- @include "stream"
 
-if redis.call('GET', K_LEASE) ~= ARGV[9] then return {-1} end
-local group = ARGV[10]
+if redis.call('GET', K_LEASE) ~= ARGV[10] then return {-1} end
+local group = ARGV[11]
 
 -- Stream order: no entry older than this batch may still be waiting, whoever read it
 -- (a superseded holder may have read entries it can no longer apply).
-if ARGV[11] then
+if ARGV[12] then
   local oldest = redis.call('XPENDING', K_EVENTS, group, '-', '+', 1)
-  if #oldest > 0 and id_less(oldest[1][1], ARGV[11]) then return {-2} end
+  if #oldest > 0 and id_less(oldest[1][1], ARGV[12]) then return {-2} end
 end
 local now = now_ms()
 local wake = -1
 local out = {now, 0}
 
-local i = 11
+local i = 12
 while i <= #ARGV do
   local id, op, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local a = i + 3

@@ -1,13 +1,13 @@
 --[[
   Create a session through the API, with SPEC §2 admission in one atomic step.
 
-  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
-    ARGV[9]  session id
-    ARGV[10] account id
-    ARGV[11] timeout_seconds ('' = the plan's default)
-    ARGV[12] inactivity_timeout_seconds ('' = 300)
-    ARGV[13] auto_kill '1' or '0'
-    ARGV[14] a field error found by the caller ('' = none), reported as 422 after the
+  Input: KEYS and ARGV[1..9] as in includes/common.lua, then
+    ARGV[10] session id
+    ARGV[11] account id
+    ARGV[12] timeout_seconds ('' = the plan's default)
+    ARGV[13] inactivity_timeout_seconds ('' = 300)
+    ARGV[14] auto_kill '1' or '0'
+    ARGV[15] a field error found by the caller ('' = none), reported as 422 after the
              billing and concurrency checks, as SPEC §2 orders them
   Output:
     {1, now, field, value, ...}  created; the session record
@@ -16,6 +16,6 @@
 --- @include "common"
 
 local now = now_ms()
-local code, value = create_session(ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], now)
+local code, value = create_session(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now)
 if code ~= 1 then return {code, value} end
-return view(1, ARGV[9], now)
+return view(1, ARGV[10], now)

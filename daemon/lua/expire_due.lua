@@ -6,9 +6,9 @@
   whose time is <= D has been applied (not pending, not undelivered), so activity
   that arrived in time always counts. Max-lifetime deadlines never wait.
 
-  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
-    ARGV[9]  consumer group
-    ARGV[10] batch size (most terminations in one call)
+  Input: KEYS and ARGV[1..9] as in includes/common.lua, then
+    ARGV[10] consumer group
+    ARGV[11] batch size (most terminations in one call)
   Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
            terminated for inactivity, lateness of each termination (ms)...}
     held = 1 when a passed inactivity deadline waits for the consumer; the next deadline
@@ -19,8 +19,8 @@
 --- @include "common"
 --- @include "stream"
 
-local group = ARGV[9]
-local batch = tonumber(ARGV[10])
+local group = ARGV[10]
+local batch = tonumber(ARGV[11])
 local now = now_ms()
 
 local idle_limit = inactivity_limit(group, now)

@@ -9,13 +9,13 @@
   scheduled in the past and so is terminated by the next expire_due with its original
   deadline. Run with no 0.1 daemon left: a 0.1 daemon would keep writing the old sets.
 
-  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
-    ARGV[9] batch size (members per call)
+  Input: KEYS and ARGV[1..9] as in includes/common.lua, then
+    ARGV[10] batch size (members per call)
   Output: {members moved by this call, members of the old sets still to move}
 ]]
 --- @include "common"
 
-local batch = tonumber(ARGV[9])
+local batch = tonumber(ARGV[10])
 local moved = 0
 for _, old in ipairs({BASE .. 'life', BASE .. 'idle'}) do
   local sids = redis.call('ZRANGE', old, 0, batch - moved - 1)

@@ -3,12 +3,12 @@
   within the account's plan and never below the time it has already run, its
   inactivity timeout, its auto_kill. Not an activity: last_activity_at stays.
 
-  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
-    ARGV[9]  session id
-    ARGV[10] timeout_seconds (s; '' = unchanged)
-    ARGV[11] inactivity_timeout_seconds (s; '' = unchanged)
-    ARGV[12] auto_kill '1' or '0' ('' = unchanged)
-    ARGV[13] account id the caller is limited to ('' = any); another account's
+  Input: KEYS and ARGV[1..9] as in includes/common.lua, then
+    ARGV[10] session id
+    ARGV[11] timeout_seconds (s; '' = unchanged)
+    ARGV[12] inactivity_timeout_seconds (s; '' = unchanged)
+    ARGV[13] auto_kill '1' or '0' ('' = unchanged)
+    ARGV[14] account id the caller is limited to ('' = any); another account's
              session is reported as unknown
   Output:
     {1, now, field, value, ...}  changed; the session record
@@ -16,8 +16,8 @@
 ]]
 --- @include "common"
 
-local sid = ARGV[9]
-local timeout, inactivity, auto_kill, scope = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local sid = ARGV[10]
+local timeout, inactivity, auto_kill, scope = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 local now = now_ms()
 local key = session_key(sid)
 local h = redis.call('HMGET', key, 'a', 's', 'c', 'e', 'l', 'i', 'k', 'w')

@@ -3,16 +3,16 @@
   status other than ok terminates every live session of the account with reason
   billing (when billing_hold_terminates), one terminate command each, in this step.
 
-  Input: KEYS and ARGV[1..8] as in includes/common.lua, then
-    ARGV[9]  account id
-    ARGV[10] plan ('' = unchanged); the caller checks it is a known plan
-    ARGV[11] billing status ('' = unchanged); the caller checks it is a known status
+  Input: KEYS and ARGV[1..9] as in includes/common.lua, then
+    ARGV[10] account id
+    ARGV[11] plan ('' = unchanged); the caller checks it is a known plan
+    ARGV[12] billing status ('' = unchanged); the caller checks it is a known status
   Output: {sessions terminated, plan, billing status, live sessions}
   Commands: one `terminate` (reason billing, deadline = now) per session ended.
 ]]
 --- @include "common"
 
-local account, plan, billing = ARGV[9], ARGV[10], ARGV[11]
+local account, plan, billing = ARGV[10], ARGV[11], ARGV[12]
 local now = now_ms()
 local ended = 0
 if billing ~= '' then

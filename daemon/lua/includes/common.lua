@@ -19,14 +19,17 @@
 
     ARGV[1] key base "P:{p}:"; session, account and live-set keys are built from it and
             share the partition's hash tag, so every script touches a single slot
-    ARGV[2] plans "name:max_concurrent:max_duration_seconds,..." (-1 = unlimited)
+    ARGV[2] plans "name:max_concurrent:max_duration_seconds:requests_per_minute:
+            creates_per_minute:credits_per_hour_micro:max_paused_seconds,..."
+            (-1 = unlimited, or not metered); see daemon/plans.py encode_plans
     ARGV[3] default plan name
     ARGV[4] warn_before_ms (0 = no expiring warnings)
     ARGV[5] terminated_retention_ms
     ARGV[6] commands_maxlen (approximate trim of the commands stream)
     ARGV[7] billing_hold_terminates "1" or "0"
     ARGV[8] max_clock_skew_ms
-    ARGV[9...] the script's own arguments
+    ARGV[9] further settings, "name=value,..." (read as OPT.name; see Store.options)
+    ARGV[10...] the script's own arguments
 
   Session hash fields: a account, p plan, s status (r ready, u running, t terminated),
   c created_at, e expires_at, l last_activity_at (ms), i inactivity timeout (s),
@@ -43,10 +46,15 @@ local RETENTION_MS = tonumber(ARGV[5])
 local COMMANDS_MAXLEN = ARGV[6]
 local BILLING_HOLD = ARGV[7] == '1'
 local SKEW_MS = tonumber(ARGV[8])
+local OPT = {}
+for name, value in string.gmatch(ARGV[9], '([%w_]+)=([^,]*)') do OPT[name] = value end
 
 local PLANS = {}
-for name, concurrent, duration in string.gmatch(ARGV[2], '([^:,]+):(-?%d+):(%d+)') do
-  PLANS[name] = {max_concurrent = tonumber(concurrent), max_duration = tonumber(duration)}
+for name, concurrent, duration, rpm, cpm, credits, paused in
+    string.gmatch(ARGV[2], '([^:,]+):(-?%d+):(%d+):(-?%d+):(-?%d+):(-?%d+):(-?%d+)') do
+  PLANS[name] = {max_concurrent = tonumber(concurrent), max_duration = tonumber(duration),
+    requests_per_minute = tonumber(rpm), creates_per_minute = tonumber(cpm),
+    credits_per_hour_micro = tonumber(credits), max_paused = tonumber(paused)}
 end
 
 local function now_ms()
