@@ -153,15 +153,51 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         raise errors.UnsupportedMediaType("The body must be JSON (Content-Type: application/json).")
     raw = await request.read()
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(
+            raw.decode("utf-8"), parse_int=_parse_int, object_pairs_hook=_no_duplicate_keys
+        )
     except UnicodeDecodeError:
         raise errors.BadRequest("The body is not valid UTF-8.") from None
     except json.JSONDecodeError as exc:
         raise errors.BadRequest(f"The body is not valid JSON: {exc.msg}.") from None
     except RecursionError:
         raise errors.BadRequest("The body is nested too deeply.") from None
+    except _DuplicateKey as exc:
+        raise errors.InvalidRequest(f"The field {_name(exc.key)} appears more than once.") from None
     if not isinstance(body, dict):
         raise errors.BadRequest("The body must be a JSON object.")
+    return body
+
+
+class TooLarge:
+    """A JSON integer beyond what any field accepts (more than 2⁶³ or 4300 digits)."""
+
+
+TOO_LARGE = TooLarge()
+_INT64_LIMIT = 2**63
+
+
+def _parse_int(text: str) -> int | TooLarge:
+    # Python refuses to parse integers of more than 4300 digits (ValueError); no field
+    # takes one beyond 2⁶³, so both are reported as too large for the field they are in.
+    if len(text.lstrip("-")) > 19:
+        return TOO_LARGE
+    value = int(text)
+    return TOO_LARGE if abs(value) >= _INT64_LIMIT else value
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in body:
+            raise _DuplicateKey(key)
+        body[key] = value
     return body
 
 
@@ -189,7 +225,9 @@ def _int_field(
         return None, None
     value = body[name]
     if isinstance(value, float) and value.is_integer():
-        value = int(value)
+        value = TOO_LARGE if abs(value) >= _INT64_LIMIT else int(value)
+    if value is TOO_LARGE:
+        return None, f"{name} is too large"
     if isinstance(value, bool) or not isinstance(value, int):
         return None, f"{name} must be an integer"
     if value < low or (high is not None and value > high):
@@ -311,6 +349,11 @@ async def patch_session(request: web.Request) -> web.Response:
     request.app[ENGINE].nudge(store.partition_for(record.account_id), record.terminates_at)
     log.info("session_updated", session_id=session_id, account_id=record.account_id,
              fields=sorted(body))  # fmt: skip
+    if record.terminated:
+        reason = record.termination_reason or "inactivity"
+        request.app[METRICS].terminations.labels(reason=reason).inc()
+        log.info("session_terminated", session_id=session_id,
+                 account_id=record.account_id, reason=reason)  # fmt: skip
     return _view(view)
 
 

@@ -178,7 +178,8 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   if deferred_error ~= '' then return -422, deferred_error end
   local m = tonumber(timeout) or math.min(3600, plan.max_duration)
   if m > plan.max_duration then
-    return -422, 'timeout_seconds ' .. m .. ' is over the maximum of plan ' .. plan_name
+    -- The number as sent: tostring of a large Lua number would print it as a float.
+    return -422, 'timeout_seconds ' .. timeout .. ' is over the maximum of plan ' .. plan_name
       .. ' (' .. plan.max_duration .. ' seconds)'
   end
   local key = session_key(sid)
