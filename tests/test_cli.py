@@ -214,3 +214,21 @@ async def test_keepalive_every_holds_a_session_until_stopped(redis: Any, daemons
 async def _terminated(client: LifecycleClient, sid: str) -> Any:
     status = await client.status(sid)
     return status if status.terminated else None
+
+
+def test_a_closed_stdout_ends_the_command_quietly() -> None:
+    """``lifecycled … | head -1``: the reader leaves early; no BrokenPipeError traceback."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "daemon", "check-config"],
+            stdout=write, stderr=subprocess.PIPE, env=env, timeout=30, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == b"", proc.stderr
