@@ -20,6 +20,7 @@ from daemon.api import make_api
 from daemon.embedded import EmbeddedValkey
 from daemon.engine import Engine
 from daemon.health import Health
+from daemon.http_errors import use_json_errors
 from daemon.logs import configure_logging
 from daemon.metrics import Metrics
 from daemon.notify import Notifier
@@ -132,6 +133,7 @@ class Daemon:
     async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        use_json_errors(runner)
         try:
             await web.TCPSite(runner, host, port, shutdown_timeout=2.0).start()
         except BaseException:
