@@ -120,22 +120,32 @@ class Daemon:
         self.engine = Engine(store, self.metrics, self.health)
         await self.engine.start()
         self._api = await self._serve(
-            make_api(store, self.engine, self.metrics), s.http_host, s.http_port
+            make_api(store, self.engine, self.metrics), s.http_host, s.http_port, "http"
         )
         metrics_app = make_metrics_app(self.metrics, self.health, self.engine.refresh_live_count)
-        self._metrics_app = await self._serve(metrics_app, s.metrics_host, s.metrics_port)
+        self._metrics_app = await self._serve(
+            metrics_app, s.metrics_host, s.metrics_port, "metrics"
+        )
         self._serving = True
         log.info("daemon_started", version=__version__, replica=self.engine.replica_id,
                  http=f"{s.http_host}:{s.http_port}", metrics=f"{s.metrics_host}:{s.metrics_port}",
                  partitions=s.partitions, embedded=self.embedded is not None)  # fmt: skip
 
     @staticmethod
-    async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    async def _serve(app: web.Application, host: str, port: int, name: str) -> web.AppRunner:
+        """``name``: the listener's settings are ``<name>_host`` and ``<name>_port``."""
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         use_json_errors(runner)
         try:
             await web.TCPSite(runner, host, port, shutdown_timeout=2.0).start()
+        except OSError as exc:
+            await runner.cleanup()
+            problem = exc.strerror or str(exc)
+            raise OSError(
+                f"{name}_port: cannot listen on {host}:{port}: {problem}; choose another with "
+                f"LIFECYCLE_{name.upper()}_PORT (or {name}_host / LIFECYCLE_{name.upper()}_HOST)",
+            ) from None
         except BaseException:
             await runner.cleanup()
             raise
