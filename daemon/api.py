@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
@@ -55,6 +56,7 @@ _CREATE_FIELDS = {
 }
 _PATCH_FIELDS = {"timeout_seconds", "inactivity_timeout_seconds", "auto_kill"}
 _ACCOUNT_FIELDS = {"plan", "billing_status"}
+SOURCE_PATTERN = re.compile(r"[a-z0-9._-]{1,64}")
 _ADMISSION_RESULT = {
     errors.PaymentRequired: "payment_required",
     errors.ConcurrentSessionLimit: "concurrent_session_limit",
@@ -335,6 +337,25 @@ async def keepalive(request: web.Request) -> web.Response:
     return _view(await request.app[STORE].keepalive(session_id, account=scope))
 
 
+async def activity(request: web.Request) -> web.Response:
+    """An action recorded over HTTP, as a stream ``activity`` event records it."""
+    session_id = _path_id(request, "session_id")
+    if request.can_read_body:
+        body = await _json_object(request)
+        problem = _unknown_fields(body, {"source"})
+        source = body.get("source")
+        if (
+            problem is None
+            and "source" in body
+            and not (isinstance(source, str) and SOURCE_PATTERN.fullmatch(source))
+        ):
+            problem = "source must be 1-64 characters of [a-z0-9._-]"
+        if problem:
+            raise errors.InvalidRequest(problem + ".")
+    scope = _principal(request).account_id
+    return _view(await request.app[STORE].keepalive(session_id, account=scope, activity=True))
+
+
 async def patch_session(request: web.Request) -> web.Response:
     session_id = _path_id(request, "session_id")
     body = await _json_object(request)
@@ -443,6 +464,7 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_patch("/v1/sessions/{session_id}", patch_session)
     app.router.add_delete("/v1/sessions/{session_id}", terminate)
     app.router.add_post("/v1/sessions/{session_id}/keepalive", keepalive)
+    app.router.add_post("/v1/sessions/{session_id}/activity", activity)
     app.router.add_get("/v1/accounts/{account_id}", get_account)
     app.router.add_put("/v1/accounts/{account_id}", put_account)
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)

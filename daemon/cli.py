@@ -190,12 +190,14 @@ def _print_status(status: SessionStatus) -> None:
         ("status", state),
         ("created", _moment(status.created_at, now)),
         ("last activity", _moment(status.last_activity_at, now)),
-        ("expires", _moment(status.expires_at, now)),
-        ("idle expires", _moment(status.idle_expires_at, now)),
     ]
     if status.terminated:
-        rows.append(("terminated", _moment(status.terminated_at, now)))
+        # When and why it ended; its deadlines no longer mean anything.
+        rows.append(("ended", _moment(status.terminated_at, now)))
+        rows.append(("reason", str(status.termination_reason)))
     else:
+        rows.append(("expires", _moment(status.expires_at, now)))
+        rows.append(("idle expires", _moment(status.idle_expires_at, now)))
         # The server computed remaining_seconds on its clock; ours may disagree a little.
         rows.append(
             ("terminates", f"{relative(status.remaining_seconds)} ({_deadline_kind(status)})")
@@ -250,6 +252,20 @@ async def api_status(client: LifecycleClient, args: argparse.Namespace) -> int:
 
 async def api_terminate(client: LifecycleClient, args: argparse.Namespace) -> int:
     return _show(await client.terminate(args.session_id), args)
+
+
+async def api_activity(client: LifecycleClient, args: argparse.Namespace) -> int:
+    return _show(await client.activity(args.session_id, args.source), args)
+
+
+async def api_extend(client: LifecycleClient, args: argparse.Namespace) -> int:
+    status = await client.update(
+        args.session_id,
+        timeout_seconds=args.timeout,
+        inactivity_timeout_seconds=args.inactivity_timeout,
+        auto_kill=args.auto_kill,
+    )
+    return _show(status, args)
 
 
 async def api_keepalive(client: LifecycleClient, args: argparse.Namespace) -> int:
@@ -397,6 +413,26 @@ def _add_api_commands(sub: Any) -> None:
         metavar="S",
         help="send a keepalive every S seconds until SIGINT or SIGTERM (then exit 0)",
     )
+
+    activity = command(
+        "activity", "record an action on a session (a ready session becomes running)",
+        api_activity,
+    )  # fmt: skip
+    activity.add_argument("session_id", metavar="ID")
+    activity.add_argument("--source", metavar="S", help="what acted: 1-64 of [a-z0-9._-]")
+
+    extend = command(
+        "extend", "change a live session's limits (max lifetime within the plan)", api_extend
+    )
+    extend.add_argument("session_id", metavar="ID")
+    extend.add_argument("--timeout", type=_positive_int, metavar="S", help="max lifetime, s")
+    extend.add_argument(
+        "--inactivity-timeout", type=_positive_int, metavar="S", help="inactivity timeout, s"
+    )
+    extend.add_argument(
+        "--auto-kill", action=argparse.BooleanOptionalAction, default=None,
+        help="terminate on inactivity (--no-auto-kill: only at the max lifetime)",
+    )  # fmt: skip
 
     terminate = command("terminate", "terminate a session", api_terminate)
     terminate.add_argument("session_id", metavar="ID")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
@@ -27,7 +28,13 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
-log = structlog.get_logger("lifecycled.client")
+# A library prints nothing itself: its lines go to the standard logging module, where the
+# host program decides whether and where they appear.
+log = structlog.wrap_logger(
+    logging.getLogger("lifecycled.client"),
+    processors=[structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True)],
+    wrapper_class=structlog.stdlib.BoundLogger,
+)
 _T = TypeVar("_T")
 
 __all__ = [
@@ -291,7 +298,9 @@ class LifecycleClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         attempts = 1 + (
-            self._retries if method in _IDEMPOTENT or path.endswith("/keepalive") else 0
+            self._retries
+            if method in _IDEMPOTENT or path.endswith(("/keepalive", "/activity"))
+            else 0
         )
         for attempt in range(attempts):
             try:
@@ -364,6 +373,13 @@ class LifecycleClient:
     async def keepalive(self, session_id: str) -> SessionStatus:
         path = _session_path(session_id) + "/keepalive"
         result: SessionStatus = await self._status("POST", path)
+        return result
+
+    async def activity(self, session_id: str, source: str | None = None) -> SessionStatus:
+        """Record an action: like a keepalive, and a ``ready`` session becomes ``running``."""
+        path = _session_path(session_id) + "/activity"
+        body = None if source is None else {"source": source}
+        result: SessionStatus = await self._status("POST", path, body)
         return result
 
     async def update(
@@ -543,6 +559,10 @@ class ManagedSession:
 
     async def keepalive(self) -> SessionStatus:
         self.last_status = await self.client.keepalive(self.session_id)
+        return self.last_status
+
+    async def activity(self, source: str | None = None) -> SessionStatus:
+        self.last_status = await self.client.activity(self.session_id, source)
         return self.last_status
 
 

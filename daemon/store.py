@@ -233,8 +233,13 @@ class Store:
         """``account``: the caller sees only that account's sessions (others are unknown)."""
         return await self._by_id("get_session", session_id, account=account)
 
-    async def keepalive(self, session_id: str, account: str | None = None) -> SessionView:
-        return await self._by_id("keepalive", session_id, GROUP, account=account)
+    async def keepalive(
+        self, session_id: str, account: str | None = None, activity: bool = False
+    ) -> SessionView:
+        """A keepalive, or with ``activity`` an action (``ready`` → ``running``)."""
+        return await self._by_id(
+            "keepalive", session_id, GROUP, "1" if activity else "0", account=account
+        )
 
     async def terminate(
         self, session_id: str, reason: str = "requested", account: str | None = None

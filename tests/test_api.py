@@ -672,3 +672,31 @@ def _ms(rfc3339: str) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+async def test_activity_over_http_records_an_action(api: MakeApi) -> None:
+    a = await api()
+    created = await a.create(session_id="s1", inactivity_timeout_seconds=60)
+    assert created["status"] == "ready"
+    status, kept, _ = await a.call("POST", "/v1/sessions/s1/keepalive")
+    assert status == 200 and kept["status"] == "ready"  # a keepalive is not an action
+    status, acted, _ = await a.call("POST", "/v1/sessions/s1/activity", {"source": "ide"})
+    assert status == 200 and acted["status"] == "running"
+    assert _ms(acted["last_activity_at"]) >= _ms(kept["last_activity_at"])
+    assert _ms(acted["idle_expires_at"]) == _ms(acted["last_activity_at"]) + 60_000
+    status, again, _ = await a.call("POST", "/v1/sessions/s1/activity")  # no body at all
+    assert status == 200 and again["status"] == "running"
+
+    for body, field in [({"source": "IDE!"}, "source"), ({"source": "x" * 65}, "source"),
+                        ({"source": 3}, "source"), ({"colour": "red"}, "colour")]:  # fmt: skip
+        status, reply, _ = await a.call("POST", "/v1/sessions/s1/activity", body)
+        assert field in assert_error(status, reply, 422, "invalid_request")
+    status, reply, _ = await a.call("POST", "/v1/sessions/nope/activity")
+    assert_error(status, reply, 404, "session_not_found")
+    status, _, _ = await a.call("PUT", "/v1/accounts/acme", {"billing_status": "card_expired"})
+    assert status == 200
+    status, reply, _ = await a.call("POST", "/v1/sessions/s1/activity")
+    assert "card_expired" in assert_error(status, reply, 402, "payment_required")
+    status, _, _ = await a.call("PUT", "/v1/accounts/acme", {"billing_status": "ok"})
+    status, reply, _ = await a.call("POST", "/v1/sessions/s1/activity")
+    assert_error(status, reply, 409, "session_terminated")
