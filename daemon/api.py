@@ -203,8 +203,8 @@ async def _named_account(request: web.Request) -> tuple[str | None, str | None, 
     if account_id is None and creates:
         try:
             account_id = (await _json_object(request)).get("account_id")
-        except (errors.LifecycleError, web.HTTPException):
-            return None  # the handler reports the body's problem
+        except errors.LifecycleError:
+            return None  # the handler reports the body's problem (a body too large: 413 here)
     if isinstance(account_id, str) and ID_PATTERN.fullmatch(account_id):
         return None, account_id, creates
     return None
