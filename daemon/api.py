@@ -1,8 +1,11 @@
 """The HTTP API (SPEC §4): JSON in and out, every error as ``{"error", "message"}``.
 
-Two middlewares wrap every handler: ``error_middleware`` (outermost) turns refusals,
-routing errors and Redis outages into the error body; ``auth_middleware`` checks the
-bearer key, the failed-authentication block, and records who is calling.
+Middlewares wrap every handler, outermost first: ``rate_limit_headers_middleware`` adds
+the ``RateLimit-Policy`` and ``RateLimit`` headers to every answer of a request that
+named an account, errors included; ``error_middleware`` turns refusals, routing errors
+and Redis outages into the error body; ``auth_middleware`` checks the bearer key, the
+failed-authentication block, and records who is calling; ``rate_limit_middleware``
+counts the request against its account's plan's rates (SPEC §6).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, 
 from daemon.engine import Engine
 from daemon.metrics import Metrics
 from daemon.model import BILLING_STATUSES, ID_PATTERN, MAX_INACTIVITY_SECONDS, new_session_id
-from daemon.store import SessionView, Store
+from daemon.store import RateLimitResult, SessionView, Store
 
 log = structlog.get_logger("lifecycled.api")
 
@@ -46,6 +49,7 @@ ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", Metrics)
 ACCESS = web.AppKey("access", Access)
 PRINCIPAL = web.RequestKey("principal", Principal)
+RATE_LIMIT = web.RequestKey("rate_limit", RateLimitResult)
 
 _CREATE_FIELDS = {
     "session_id",
@@ -144,6 +148,89 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def _principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
+
+
+# Request rate limits (SPEC §6)
+
+# Routes that create (or resume) a session also count against creates_per_minute.
+_CREATE_ROUTES = frozenset({("POST", "/v1/sessions"), ("POST", "/v1/sessions/{session_id}/resume")})
+_RATE_WINDOW_SECONDS = 60
+_RATE_UNITS = {"requests": "requests", "creates": "session creations"}
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """After authentication, before the operation: a request over its account's rate is
+    ``429 rate_limited`` and changes nothing."""
+    named = await _named_account(request)
+    if named is None:
+        return await handler(request)
+    session_id, account_id, creates = named
+    principal = request.get(PRINCIPAL, ADMIN)
+    result = await request.app[STORE].rate_limit(
+        session_id=session_id, account_id=account_id, creates=creates, scope=principal.account_id
+    )
+    if result is None:
+        return await handler(request)
+    request[RATE_LIMIT] = result
+    if not result.admitted:
+        exhausted = result.exhausted
+        for limit in exhausted:
+            request.app[METRICS].rate_limited.labels(limit=limit.name).inc()
+        log.info("rate_limited", account_id=result.account_id, plan=result.plan,
+                 limits=[limit.name for limit in exhausted],
+                 retry_after=result.retry_after)  # fmt: skip
+        allows = " and ".join(f"{limit.quota} {_RATE_UNITS[limit.name]}" for limit in exhausted)
+        raise errors.RateLimited(
+            f"Too many requests for account {result.account_id}: plan {result.plan} allows "
+            f"{allows} per minute; retry in {result.retry_after} s.",
+            result.retry_after,
+        )
+    return await handler(request)
+
+
+async def _named_account(request: web.Request) -> tuple[str | None, str | None, bool] | None:
+    """The account a request names: (session id, or None and account id, whether it
+    creates a session); None when it names none (a route without one, an id that is
+    not valid, or a create whose body has no valid ``account_id``)."""
+    match = request.match_info
+    if match.http_exception is not None:
+        return None
+    resource = match.route.resource
+    creates = (request.method, resource.canonical if resource else "") in _CREATE_ROUTES
+    session_id = match.get("session_id")
+    if session_id is not None:
+        return (session_id, None, creates) if ID_PATTERN.fullmatch(session_id) else None
+    account_id = match.get("account_id")
+    if account_id is None and creates:
+        try:
+            account_id = (await _json_object(request)).get("account_id")
+        except errors.LifecycleError:
+            return None  # the handler reports the body's problem (a body too large: 413 here)
+    if isinstance(account_id, str) and ID_PATTERN.fullmatch(account_id):
+        return None, account_id, creates
+    return None
+
+
+def rate_limit_headers(result: RateLimitResult) -> dict[str, str]:
+    """The IETF httpapi rate-limit headers (structured-field form) of the limits."""
+    if not result.limits:
+        return {}
+    limits = result.limits
+    policy = [f'"{x.name}";q={x.quota};w={_RATE_WINDOW_SECONDS}' for x in limits]
+    state = [f'"{x.name}";r={x.remaining};t={x.reset_seconds}' for x in limits]
+    return {"RateLimit-Policy": ", ".join(policy), "RateLimit": ", ".join(state)}
+
+
+@web.middleware
+async def rate_limit_headers_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    response = await handler(request)
+    result = request.get(RATE_LIMIT)
+    if result is not None:
+        response.headers.update(rate_limit_headers(result))
+    return response
 
 
 # Request bodies and fields
@@ -451,7 +538,13 @@ async def openapi(_: web.Request) -> web.Response:
 
 def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[
+            rate_limit_headers_middleware,
+            error_middleware,
+            auth_middleware,
+            rate_limit_middleware,
+        ],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[STORE] = store
     app[ENGINE] = engine

@@ -142,7 +142,15 @@ async def _with_client(action: ApiAction, args: argparse.Namespace) -> int:
         try:
             return await action(client, args)
         except LifecycleClientError as exc:
-            return _fail(exc.message, exit_code_for(exc))
+            return _fail(_error_message(exc), exit_code_for(exc))
+
+
+def _error_message(exc: LifecycleClientError) -> str:
+    """The API's message; a 429 always says how long to wait."""
+    wait = exc.retry_after if isinstance(exc, RateLimited) else None
+    if wait is not None and "retry in" not in exc.message:
+        return f"{exc.message} Retry in {wait:g} s."
+    return exc.message
 
 
 def relative(seconds: float) -> str:

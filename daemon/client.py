@@ -147,7 +147,9 @@ class PaymentRequired(LifecycleClientError):
 
 
 class RateLimited(LifecycleClientError):
-    """429: too many concurrent sessions, or too many failed authentications."""
+    """429: too many requests for the account's plan (``rate_limited``), too many
+    concurrent sessions, or too many failed authentications; ``retry_after`` is the
+    answer's ``Retry-After`` in seconds (None when it had none)."""
 
     def __init__(
         self, status: int | None, code: str, message: str, retry_after: float | None = None
@@ -245,6 +247,11 @@ class LifecycleClient:
 
     ``retries`` > 0 retries idempotent calls (everything but ``create``) that failed
     without an answer, with exponential backoff from ``retry_backoff`` seconds.
+
+    ``retry_rate_limited`` waits out a ``429 rate_limited`` (its ``Retry-After``) and sends
+    the call again, every call ``create`` included (a refused request changed nothing),
+    at most ``rate_limit_retries`` times and only while each wait is at most
+    ``max_rate_limit_wait`` seconds; otherwise :class:`RateLimited` is raised.
     """
 
     def __init__(
@@ -255,6 +262,9 @@ class LifecycleClient:
         timeout: float = 10.0,
         retries: int = 0,
         retry_backoff: float = 0.2,
+        retry_rate_limited: bool = False,
+        rate_limit_retries: int = 3,
+        max_rate_limit_wait: float = 60.0,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -266,6 +276,8 @@ class LifecycleClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retries = retries
         self._retry_backoff = retry_backoff
+        self._rate_limit_retries = rate_limit_retries if retry_rate_limited else 0
+        self._max_rate_limit_wait = max_rate_limit_wait
         self._http: aiohttp.ClientSession | None = None
         # Terminations that must finish even though their caller was cancelled.
         self._pending: set[asyncio.Task[Any]] = set()
@@ -297,6 +309,23 @@ class LifecycleClient:
     # HTTP
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        for attempt in range(self._rate_limit_retries + 1):
+            try:
+                return await self._request_answered(method, path, body)
+            except RateLimited as exc:
+                wait = exc.retry_after
+                if (
+                    exc.code != "rate_limited"
+                    or wait is None
+                    or wait > self._max_rate_limit_wait
+                    or attempt >= self._rate_limit_retries
+                ):
+                    raise
+                log.info("request_rate_limited", method=method, path=path, delay_s=wait)
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request_answered(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         attempts = 1 + (
             self._retries
             if method in _IDEMPOTENT or path.endswith(("/keepalive", "/activity"))

@@ -12,6 +12,9 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
 - ``P:{p}:lease``        string, the replica that consumes the partition now
+- ``P:{p}:rl:<account>:<limit>``  string, the theoretical arrival time (ms) of the
+                         account's GCRA rate limit ``requests`` or ``creates`` (SPEC §6);
+                         expires once that time has passed
 
 Per deployment:
 
@@ -82,3 +85,7 @@ class PartitionKeys:
 
     def live(self, account_id: str) -> str:
         return self.base + "live:" + account_id
+
+    def rate_limit(self, account_id: str, limit: str) -> str:
+        """The account's rate limit ``requests`` or ``creates`` (built in rate_limit.lua)."""
+        return self.base + "rl:" + account_id + ":" + limit

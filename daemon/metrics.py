@@ -28,6 +28,7 @@ ADMISSION_RESULTS = (
     "invalid",
     "conflict",
 )
+RATE_LIMITS = ("requests", "creates")
 ADMISSION_BY_CODE = {
     "402": "payment_required",
     "429": "concurrent_session_limit",
@@ -62,6 +63,12 @@ class Metrics:
             "lifecycle_admissions", "Session creations, by admission result.", ["result"],
             registry=r,
         )  # fmt: skip
+        self.rate_limited = Counter(
+            "lifecycle_rate_limited",
+            "API requests refused by an account's plan's rate limit (SPEC §6), by limit.",
+            ["limit"],
+            registry=r,
+        )
         self.sessions_live = Gauge(
             "lifecycle_sessions_live", "Live (ready or running) sessions, read from Redis.",
             registry=r,
@@ -110,6 +117,8 @@ class Metrics:
             self.terminations.labels(reason=reason)
         for result in ADMISSION_RESULTS:
             self.admissions.labels(result=result)
+        for limit in RATE_LIMITS:
+            self.rate_limited.labels(limit=limit)
 
     async def refresh_from_redis(self, redis: Any, partitions: Sequence[PartitionKeys]) -> None:
         """Read the gauges describing shared state from Redis, so every replica agrees."""

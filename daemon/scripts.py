@@ -24,6 +24,7 @@ SCRIPT_NAMES = (
     "set_account",
     "list_sessions",
     "auth_failure",
+    "rate_limit",
     "apply_events",
     "expire_due",
     "migrate_deadlines",

@@ -55,6 +55,33 @@ class AuthFailures:
     count: int  # failures of the address within the window
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One limit's state after a request: its quota per minute, what remains of it now,
+    and the seconds until all of it is available again."""
+
+    name: str  # "requests" or "creates"
+    quota: int
+    remaining: int
+    reset_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitResult:
+    """The rate limits a request of an account counted against (SPEC §6)."""
+
+    account_id: str
+    plan: str
+    admitted: bool
+    retry_after: int  # whole seconds (>= 1) when refused, else 0
+    limits: tuple[RateLimit, ...]  # the plan's limits that apply; unlimited ones left out
+
+    @property
+    def exhausted(self) -> list[RateLimit]:
+        """The limits with nothing left now: when refused, those that refused it."""
+        return [limit for limit in self.limits if limit.remaining == 0]
+
+
 # Failed-authentication blocking (SPEC §4): this many failures within the window.
 AUTH_FAILURE_LIMIT = 10
 AUTH_FAILURE_WINDOW_MS = 600_000
@@ -341,6 +368,45 @@ class Store:
             ],
         )
         return AuthFailures(int(reply[0]) == 1, int(reply[1]), int(reply[2]))
+
+    # Request rate limits (SPEC §6), shared by all replicas through Redis
+
+    async def rate_limit(
+        self,
+        *,
+        session_id: str | None = None,
+        account_id: str | None = None,
+        creates: bool = False,
+        scope: str | None = None,
+    ) -> RateLimitResult | None:
+        """Count a request naming ``account_id`` (or the account of ``session_id``) against
+        the account's request rate and, with ``creates``, its create rate; one script call.
+
+        ``None``: no account is named (the session is unknown, or its account is outside
+        ``scope``), so no limit applies. A refused request changes no limit.
+        """
+        if session_id is not None:
+            pk = await self._locate(session_id)
+            if pk is None:
+                return None
+        elif account_id is not None:
+            pk = self.partition_for(account_id)
+        else:
+            return None
+        reply = await self._call(
+            "rate_limit", pk, session_id or "", account_id or "", "1" if creates else "0",
+            scope or "",
+        )  # fmt: skip
+        if int(reply[0]) == 0:
+            return None
+        groups = reply[4:]
+        limits = tuple(
+            RateLimit(_text(groups[i]), *(int(v) for v in groups[i + 1 : i + 4]))
+            for i in range(0, len(groups), 4)
+        )
+        return RateLimitResult(
+            _text(reply[1]), _text(reply[2]), int(reply[0]) == 1, int(reply[3]), limits
+        )
 
     # The engine
 

@@ -24,7 +24,7 @@ from daemon.health import Health
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from tests.conftest import Harness
-from tests.servers import Daemon, eventually
+from tests.servers import Daemon, eventually, plans_without_rate_limits
 
 Start = Callable[..., Daemon]
 JSON = {"Content-Type": "application/json"}
@@ -66,6 +66,7 @@ async def api(redis: Any) -> AsyncIterator[MakeApi]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def make(**settings: Any) -> Api:
+        settings.setdefault("plans_file", plans_without_rate_limits())
         h = Harness(redis, Settings(**settings))
         if not servers:
             await h.setup()
