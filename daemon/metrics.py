@@ -100,6 +100,12 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.dead_letters = Gauge(
+            "lifecycle_dead_letters",
+            "Entries of a partition's dead-letter stream, read from Redis.",
+            ["partition"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "lifecycle_event_loop_lag_seconds",
             "How late the event loop last ran a scheduled callback (see /healthz).",
@@ -127,13 +133,16 @@ class Metrics:
             pipe.zcard(pk.deadlines)
             pipe.xlen(pk.events)
             pipe.xinfo_groups(pk.events)
+            pipe.xlen(pk.dead)
         replies = await pipe.execute(raise_on_error=False)
         live = 0
         for i, pk in enumerate(partitions):
-            count, length, groups = replies[3 * i : 3 * i + 3]
+            count, length, groups, dead = replies[4 * i : 4 * i + 4]
             if isinstance(count, int):
                 live += count
             self.events_backlog.labels(partition=str(pk.partition)).set(_backlog(length, groups))
+            if isinstance(dead, int):
+                self.dead_letters.labels(partition=str(pk.partition)).set(dead)
         self.sessions_live.set(live)
 
     def count_outcomes(self, types: list[str], outcomes: list[str]) -> None:

@@ -31,6 +31,8 @@ SCRIPT_NAMES = (
     "lease",
     "lease_release",
     "replicas",
+    "dead_letter_list",
+    "dead_letter_replay",
 )
 
 

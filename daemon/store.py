@@ -106,7 +106,7 @@ class ExpireResult:
 
 
 # Scripts that change nothing need no replica acknowledgement.
-_READ_ONLY = frozenset({"get_session", "list_sessions", "get_account"})
+_READ_ONLY = frozenset({"get_session", "list_sessions", "get_account", "dead_letter_list"})
 
 
 log = structlog.get_logger("lifecycled.store")
