@@ -297,6 +297,12 @@ async def keepalive(request: web.Request) -> web.Response:
     return _view(await request.app[STORE].keepalive(session_id, account=scope))
 
 
+async def timeline(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    scope = _principal(request).account_id
+    return web.json_response({"events": await request.app[STORE].timeline(session_id, scope)})
+
+
 async def patch_session(request: web.Request) -> web.Response:
     session_id = _path_id(request, "session_id")
     body = await _json_object(request)
@@ -400,6 +406,7 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_patch("/v1/sessions/{session_id}", patch_session)
     app.router.add_delete("/v1/sessions/{session_id}", terminate)
     app.router.add_post("/v1/sessions/{session_id}/keepalive", keepalive)
+    app.router.add_get("/v1/sessions/{session_id}/events", timeline)
     app.router.add_get("/v1/accounts/{account_id}", get_account)
     app.router.add_put("/v1/accounts/{account_id}", put_account)
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)

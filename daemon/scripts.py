@@ -30,6 +30,7 @@ SCRIPT_NAMES = (
     "lease",
     "lease_release",
     "replicas",
+    "get_timeline",
 )
 
 
@@ -39,7 +40,8 @@ def script_source(name: str) -> str:
     lua = resources.files("daemon") / "lua"
 
     def include(match: re.Match[str]) -> str:
-        return (lua / "includes" / f"{match.group(1)}.lua").read_text()
+        # Includes may include others (common includes timeline).
+        return _INCLUDE.sub(include, (lua / "includes" / f"{match.group(1)}.lua").read_text())
 
     return _INCLUDE.sub(include, (lua / f"{name}.lua").read_text())
 

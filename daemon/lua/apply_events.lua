@@ -56,7 +56,7 @@ while i <= #ARGV do
       local ts = at
       if ARGV[a + 2] ~= '' then ts = tonumber(ARGV[a + 2]) end
       if ts > now + SKEW_MS then ts = now end
-      outcome = touch(ARGV[a], ARGV[a + 1], ts, op == 'A', at, now)
+      outcome = touch(ARGV[a], ARGV[a + 1], ts, op == 'A', at, now, 'stream')
     elseif op == 'C' then
       local sid, account, plan = ARGV[a], ARGV[a + 1], ARGV[a + 5]
       if plan ~= '' then redis.call('HSETNX', account_key(account), 'plan', plan) end

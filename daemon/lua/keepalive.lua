@@ -28,5 +28,5 @@ if deadline <= now then
   terminate(sid, reason, deadline, now)
   return {-409}
 end
-touch(sid, h[1], now, false)
+touch(sid, h[1], now, false, nil, now, 'api')
 return view(1, sid, now)

@@ -1,0 +1,56 @@
+"""The session timeline (SPEC §9): written by the scripts that make each change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from daemon import errors
+from tests.conftest import Harness
+
+Make = Callable[..., Any]
+
+
+async def test_timeline_shows_each_step_and_coalesces_keepalives(harness: Make) -> None:
+    h: Harness = await harness()
+    await h.store.create_session("s1", "acme", 600, 60, True)
+    for _ in range(3):
+        await h.store.keepalive("s1")
+    for _ in range(2):
+        await h.publish(type="keepalive", session_id="s1", account_id="acme")
+    await h.consume()
+    await h.store.keepalive("s1")
+    await h.store.patch_session("s1", timeout_seconds=900)
+    await h.publish(type="activity", session_id="s1", account_id="acme")
+    await h.consume()
+    await h.store.terminate("s1")
+    events = await h.store.timeline("s1")
+    assert [(e["type"], e.get("source"), e.get("count")) for e in events] == [
+        ("created", None, None),
+        ("keepalive", "api", 3),
+        ("keepalive", "stream", 2),
+        ("keepalive", "api", 1),
+        ("extended", None, None),
+        ("running", "stream", None),
+        ("terminated", None, None),
+    ]
+    assert events[1]["at"] <= events[1]["last_at"]
+    assert events[4]["timeout_seconds"] == 900
+    assert events[-1]["reason"] == "requested" and events[-1]["deadline"].endswith("Z")
+    ttl = await h.redis.pttl(h.pk.timeline("s1"))
+    assert 0 < ttl <= h.settings.terminated_retention_seconds * 1000
+    with pytest.raises(errors.SessionNotFound):
+        await h.store.timeline("nope")
+    with pytest.raises(errors.SessionNotFound):
+        await h.store.timeline("s1", account="other")
+
+
+async def test_timeline_is_capped(harness: Make) -> None:
+    h: Harness = await harness(timeline_max_entries=3)
+    await h.store.create_session("s1", "acme", 600, 60, True)
+    for t in (60, 120, 60, 120):
+        await h.store.patch_session("s1", timeout_seconds=t)
+    events = await h.store.timeline("s1")
+    assert [e["type"] for e in events] == ["extended"] * 3
