@@ -19,7 +19,8 @@ async def test_timeline_shows_each_step_and_coalesces_keepalives(harness: Make) 
     for _ in range(3):
         await h.store.keepalive("s1")
     for _ in range(2):
-        await h.publish(type="keepalive", session_id="s1", account_id="acme")
+        await h.publish(type="keepalive", session_id="s1", account_id="acme", source="ide")
+    await h.publish(type="keepalive", session_id="s1", account_id="acme", source="Bad!")
     await h.consume()
     await h.store.keepalive("s1")
     await h.store.patch_session("s1", timeout_seconds=900)
@@ -30,7 +31,7 @@ async def test_timeline_shows_each_step_and_coalesces_keepalives(harness: Make) 
     assert [(e["type"], e.get("source"), e.get("count")) for e in events] == [
         ("created", None, None),
         ("keepalive", "api", 3),
-        ("keepalive", "stream", 2),
+        ("keepalive", "ide", 2),
         ("keepalive", "api", 1),
         ("extended", None, None),
         ("running", "stream", None),
@@ -41,6 +42,8 @@ async def test_timeline_shows_each_step_and_coalesces_keepalives(harness: Make) 
     assert events[-1]["reason"] == "requested" and events[-1]["deadline"].endswith("Z")
     ttl = await h.redis.pttl(h.pk.timeline("s1"))
     assert 0 < ttl <= h.settings.terminated_retention_seconds * 1000
+    dead = await h.redis.xrange(h.pk.dead)
+    assert len(dead) == 1 and b"source" in dead[0][1][b"error"]
     with pytest.raises(errors.SessionNotFound):
         await h.store.timeline("nope")
     with pytest.raises(errors.SessionNotFound):
