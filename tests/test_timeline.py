@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 
 from daemon import errors
+from daemon.client import LifecycleClient, SessionNotFound
+from daemon.keys import PartitionKeys
 from tests.conftest import Harness
+from tests.servers import Daemon, eventually
+from tests.test_cli import cli
 
 Make = Callable[..., Any]
 
@@ -57,3 +61,49 @@ async def test_timeline_is_capped(harness: Make) -> None:
         await h.store.patch_session("s1", timeout_seconds=t)
     events = await h.store.timeline("s1")
     assert [e["type"] for e in events] == ["extended"] * 3
+
+
+async def test_daemon_timeline_of_keepalives_extend_and_inactivity(
+    daemons: Callable[..., Daemon], redis: Any
+) -> None:
+    """Through a real daemon: 50 keepalives from two sources, an extend, an inactivity end."""
+    d = daemons(terminated_retention_seconds=2)
+    pk = PartitionKeys("lifecycle", 0)
+    async with LifecycleClient(d.api) as client:
+        created = await client.create("acme", inactivity_timeout_seconds=1, timeout_seconds=60)
+        sid = created.session_id
+        for i in range(50):
+            source = "ide" if i < 25 else "agent"
+            await redis.xadd(pk.events, {"type": "keepalive", "session_id": sid,
+                                         "account_id": "acme", "source": source})  # fmt: skip
+
+        async def applied() -> bool:
+            return sum((e.count or 0) for e in await client.timeline(sid)) == 50
+
+        await eventually(applied, timeout=10, what="the 50 keepalives applied")
+        await client.update(sid, timeout_seconds=120)
+
+        async def ended() -> bool:
+            return (await client.status(sid)).terminated
+
+        await eventually(ended, timeout=10, what="inactivity termination")
+        events = await client.timeline(sid)
+        assert [(e.type, e.source, e.count) for e in events] == [
+            ("created", None, None),
+            ("keepalive", "ide", 25),
+            ("keepalive", "agent", 25),
+            ("extended", None, None),
+            ("terminated", None, None),
+        ]
+        assert events[-1].reason == "inactivity"
+        out = await cli("events", sid, "--api", d.api)
+        assert out.code == 0 and "keepalive" in out.out and "x25" in out.out
+        as_json = await cli("events", sid, "--api", d.api, "--json")
+        assert as_json.json()["events"][1]["count"] == 25
+        with pytest.raises(SessionNotFound):
+            await client.timeline("nope")
+
+        async def gone() -> bool:
+            return not await redis.exists(pk.timeline(sid), pk.session(sid))
+
+        await eventually(gone, timeout=10, what="timeline expired with the session")
