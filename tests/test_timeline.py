@@ -107,3 +107,16 @@ async def test_daemon_timeline_of_keepalives_extend_and_inactivity(
             return not await redis.exists(pk.timeline(sid), pk.session(sid))
 
         await eventually(gone, timeout=10, what="timeline expired with the session")
+
+
+async def test_expiring_warning_is_in_the_timeline(harness: Make) -> None:
+    h: Harness = await harness(warn_before_seconds=1)
+    await h.store.create_session("s1", "acme", 600, 2, True)
+
+    async def warned() -> bool:
+        return (await h.store.expire_due(h.pk)).warned == 1
+
+    await eventually(warned, timeout=5, what="the expiring warning")
+    events = await h.store.timeline("s1")
+    assert [e["type"] for e in events] == ["created", "expiring"]
+    assert events[1]["reason"] == "inactivity" and events[1]["terminates_at"].endswith("Z")
