@@ -427,6 +427,7 @@ async def keepalive(request: web.Request) -> web.Response:
 async def activity(request: web.Request) -> web.Response:
     """An action recorded over HTTP, as a stream ``activity`` event records it."""
     session_id = _path_id(request, "session_id")
+    source = None
     if request.can_read_body:
         body = await _json_object(request)
         problem = _unknown_fields(body, {"source"})
@@ -440,7 +441,16 @@ async def activity(request: web.Request) -> web.Response:
         if problem:
             raise errors.InvalidRequest(problem + ".")
     scope = _principal(request).account_id
-    return _view(await request.app[STORE].keepalive(session_id, account=scope, activity=True))
+    view = await request.app[STORE].keepalive(
+        session_id, account=scope, activity=True, source=source
+    )
+    return _view(view)
+
+
+async def timeline(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    scope = _principal(request).account_id
+    return web.json_response({"events": await request.app[STORE].timeline(session_id, scope)})
 
 
 async def patch_session(request: web.Request) -> web.Response:
@@ -558,6 +568,7 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_delete("/v1/sessions/{session_id}", terminate)
     app.router.add_post("/v1/sessions/{session_id}/keepalive", keepalive)
     app.router.add_post("/v1/sessions/{session_id}/activity", activity)
+    app.router.add_get("/v1/sessions/{session_id}/events", timeline)
     app.router.add_get("/v1/accounts/{account_id}", get_account)
     app.router.add_put("/v1/accounts/{account_id}", put_account)
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)

@@ -26,6 +26,7 @@ from daemon.client import (
     ServiceUnavailable,
     SessionNotFound,
     SessionStatus,
+    TimelineEvent,
     Unauthorized,
 )
 from daemon.embedded import EmbeddedError
@@ -314,6 +315,33 @@ def _print_kept_alive(status: SessionStatus, args: argparse.Namespace) -> None:
         )
 
 
+def _timeline_line(event: TimelineEvent, now: datetime) -> str:
+    details = []
+    if event.source:
+        details.append(f"source {event.source}")
+    if event.count is not None and event.last_at is not None:
+        details.append(f"x{event.count}, last {relative((event.last_at - now).total_seconds())}")
+    if event.reason:
+        details.append(f"reason {event.reason}")
+    for name in ("timeout_seconds", "inactivity_timeout_seconds", "auto_kill"):
+        value = getattr(event, name)
+        if value is not None:
+            details.append(f"{name} {value}")
+    when = relative((event.at - now).total_seconds())
+    return f"{when:<12}  {event.type:<10}  {', '.join(details)}".rstrip()
+
+
+async def api_events(client: LifecycleClient, args: argparse.Namespace) -> int:
+    events = await client.timeline(args.session_id)
+    if args.json:
+        _print_json({"events": [e.raw for e in events]})
+        return EXIT_OK
+    now = datetime.now(UTC)
+    for event in events:
+        print(_timeline_line(event, now))
+    return EXIT_OK
+
+
 async def api_sessions(client: LifecycleClient, args: argparse.Namespace) -> int:
     sessions = await client.sessions(args.account)
     if args.json:
@@ -441,6 +469,9 @@ def _add_api_commands(sub: Any) -> None:
         "--auto-kill", action=argparse.BooleanOptionalAction, default=None,
         help="terminate on inactivity (--no-auto-kill: only at the max lifetime)",
     )  # fmt: skip
+
+    events = command("events", "show a session's timeline", api_events)
+    events.add_argument("session_id", metavar="ID")
 
     terminate = command("terminate", "terminate a session", api_terminate)
     terminate.add_argument("session_id", metavar="ID")

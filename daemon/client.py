@@ -53,6 +53,7 @@ __all__ = [
     "SessionNotFound",
     "SessionStatus",
     "SessionTerminated",
+    "TimelineEvent",
     "Unauthorized",
 ]
 
@@ -74,6 +75,9 @@ class _ApiModel(BaseModel):
     @property
     def raw(self) -> dict[str, Any]:
         return self._raw
+
+
+_M = TypeVar("_M", bound=_ApiModel)
 
 
 class SessionStatus(_ApiModel):
@@ -112,6 +116,27 @@ class SessionStatus(_ApiModel):
     @property
     def terminated(self) -> bool:
         return self.status == "terminated"
+
+
+class TimelineEvent(_ApiModel):
+    """One entry of a session's timeline (SPEC §9); fields not of its type are None."""
+
+    type: str
+    at: datetime
+    source: str | None = None
+    count: int | None = None
+    last_at: datetime | None = None
+    reason: str | None = None
+    deadline: datetime | None = None
+    terminates_at: datetime | None = None
+    timeout_seconds: int | None = None
+    inactivity_timeout_seconds: int | None = None
+    auto_kill: bool | None = None
+
+    @field_validator("at", "last_at", "deadline", "terminates_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
 
 
 class Account(_ApiModel):
@@ -433,16 +458,23 @@ class LifecycleClient:
         result: SessionStatus = await self._status("DELETE", _session_path(session_id))
         return result
 
+    async def timeline(self, session_id: str) -> list[TimelineEvent]:
+        """``GET /v1/sessions/{id}/events``: the session's timeline, oldest first."""
+        return await self._list(_session_path(session_id) + "/events", "events", TimelineEvent)
+
+    async def _list(self, path: str, name: str, model: type[_M]) -> list[_M]:
+        """``GET`` a JSON object holding a list of ``model`` objects under ``name``."""
+        data = await self._request("GET", path)
+        try:
+            return [model.from_api(item) for item in data[name]]
+        except (ValidationError, KeyError, TypeError) as exc:
+            raise _bad_answer(path, exc) from None
+
     # Accounts
 
     async def sessions(self, account_id: str) -> list[SessionStatus]:
         """The account's live sessions."""
-        path = _account_path(account_id) + "/sessions"
-        data = await self._request("GET", path)
-        try:
-            return [SessionStatus.from_api(item) for item in data["sessions"]]
-        except (ValidationError, KeyError, TypeError) as exc:
-            raise _bad_answer(path, exc) from None
+        return await self._list(_account_path(account_id) + "/sessions", "sessions", SessionStatus)
 
     async def account(self, account_id: str) -> Account:
         return await self._account("GET", account_id, None)

@@ -32,6 +32,7 @@ _REQUIRED = {
     "billing": ("account_id", "billing_status"),
 }
 _DIGITS = re.compile(r"[0-9]{1,64}")
+SOURCE_PATTERN = re.compile(r"[a-z0-9._-]{1,64}")
 _BOOLS = {"true": "1", "1": "1", "false": "0", "0": "0"}
 # Larger values are over every plan's maximum (a 422 rejection) or far ahead of the clock
 # (clamped to now) anyway; capped, they stay within Lua's exact integers.
@@ -133,7 +134,10 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
         return kind, [session, account, timeout, inactivity, auto_kill, plan]
     if kind in ("activity", "keepalive"):
         ts = str(min(_int(fields, "ts", 0), _TS_CAP)) if "ts" in fields else ""
-        return kind, [session, account, ts]
+        source = fields.get("source", "")
+        if source and not SOURCE_PATTERN.fullmatch(source):
+            raise InvalidEvent("field source must be 1-64 characters of [a-z0-9._-]")
+        return kind, [session, account, ts, source]
     if kind == "terminate":
         reason = "requested"
         if "reason" in fields:
@@ -148,6 +152,7 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
 # id matching the ASCII pattern is valid UTF-8), without decoding the entry.
 _ID_BYTES = re.compile(ID_PATTERN.pattern.encode())
 _DIGITS_BYTES = re.compile(_DIGITS.pattern.encode())
+_SOURCE_BYTES = re.compile(SOURCE_PATTERN.pattern.encode())
 _TOUCH_OPS = {b"activity": ("activity", b"A"), b"keepalive": ("keepalive", b"K")}
 
 
@@ -156,17 +161,18 @@ def _fast_touch(eid: str, fields: Mapping[bytes, bytes]) -> ParsedEvent | None:
     if kind is None:
         return None
     session, account = fields.get(b"session_id"), fields.get(b"account_id")
-    ts = fields.get(b"ts")
+    ts, source = fields.get(b"ts"), fields.get(b"source")
     if (
         session is None
         or account is None
-        or len(fields) != (3 if ts is None else 4)
+        or len(fields) != 3 + (ts is not None) + (source is not None)
+        or (source is not None and not _SOURCE_BYTES.fullmatch(source))
         or not _ID_BYTES.fullmatch(session)
         or not _ID_BYTES.fullmatch(account)
         or (ts is not None and (len(ts) > 15 or not _DIGITS_BYTES.fullmatch(ts)))
     ):
         return None  # the full check below accepts it or names the problem
-    return ParsedEvent(eid, kind[0], [kind[1], 3, session, account, ts or b""])
+    return ParsedEvent(eid, kind[0], [kind[1], 4, session, account, ts or b"", source or b""])
 
 
 def parse_entry(

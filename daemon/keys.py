@@ -9,6 +9,7 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:deadlines``    sorted set, every live session -> its effective deadline (ms)
 - ``P:{p}:held``         sorted set, session -> inactivity deadline the lag-safe rule holds
 - ``P:{p}:warn``         sorted set, session -> time of its ``expiring`` warning (ms)
+- ``P:{p}:tl:<session>`` list, the session's timeline (JSON entries, capped; SPEC §9)
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
 - ``P:{p}:lease``        string, the replica that consumes the partition now
@@ -79,6 +80,10 @@ class PartitionKeys:
 
     def session(self, session_id: str) -> str:
         return self.base + "s:" + session_id
+
+    def timeline(self, session_id: str) -> str:
+        """The session's timeline list; expires with the session record."""
+        return self.base + "tl:" + session_id
 
     def account(self, account_id: str) -> str:
         return self.base + "a:" + account_id

@@ -33,6 +33,7 @@ SCRIPT_NAMES = (
     "replicas",
     "dead_letter_list",
     "dead_letter_replay",
+    "get_timeline",
 )
 
 
@@ -42,7 +43,8 @@ def script_source(name: str) -> str:
     lua = resources.files("daemon") / "lua"
 
     def include(match: re.Match[str]) -> str:
-        return (lua / "includes" / f"{match.group(1)}.lua").read_text()
+        # Includes may include others (common includes timeline).
+        return _INCLUDE.sub(include, (lua / "includes" / f"{match.group(1)}.lua").read_text())
 
     return _INCLUDE.sub(include, (lua / f"{name}.lua").read_text())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import structlog
 from daemon import errors
 from daemon.events import ParsedEvent
 from daemon.keys import GROUP, PartitionKeys, partition_of
-from daemon.model import SessionRecord
+from daemon.model import SessionRecord, rfc3339
 from daemon.plans import Plan, encode_plans
 from daemon.scripts import AsyncScript, register_all
 from daemon.settings import Settings
@@ -106,7 +107,9 @@ class ExpireResult:
 
 
 # Scripts that change nothing need no replica acknowledgement.
-_READ_ONLY = frozenset({"get_session", "list_sessions", "get_account", "dead_letter_list"})
+_READ_ONLY = frozenset(
+    {"get_session", "list_sessions", "get_account", "dead_letter_list", "get_timeline"}
+)
 
 
 log = structlog.get_logger("lifecycled.store")
@@ -114,6 +117,14 @@ log = structlog.get_logger("lifecycled.store")
 
 class OlderEntriesPending(Exception):
     """Entries older than the batch are pending; they must be claimed and applied first."""
+
+
+def timeline_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A stored timeline entry for the API: times (``at``, ``deadline``, ``*_at``) in RFC 3339."""
+    return {
+        name: rfc3339(int(value)) if name in ("at", "deadline") or name.endswith("_at") else value
+        for name, value in entry.items()
+    }
 
 
 def _text(value: Any) -> str:
@@ -146,7 +157,7 @@ class Store:
     @property
     def options(self) -> dict[str, int | str]:
         """Settings the scripts read as ``OPT.<name>`` (ARGV[9] in includes/common.lua)."""
-        return {}
+        return {"timeline_max_entries": self.settings.timeline_max_entries}
 
     def set_plans(self, plans: dict[str, Plan]) -> None:
         self.plans = dict(plans)
@@ -261,12 +272,20 @@ class Store:
         return await self._by_id("get_session", session_id, account=account)
 
     async def keepalive(
-        self, session_id: str, account: str | None = None, activity: bool = False
+        self,
+        session_id: str,
+        account: str | None = None,
+        activity: bool = False,
+        source: str | None = None,
     ) -> SessionView:
-        """A keepalive, or with ``activity`` an action (``ready`` → ``running``)."""
+        """A keepalive, or with ``activity`` an action (``ready`` → ``running``).
+
+        ``source``: what acted, as the timeline shows it (default ``api``).
+        """
         return await self._by_id(
-            "keepalive", session_id, GROUP, "1" if activity else "0", account=account
-        )
+            "keepalive", session_id, GROUP, "1" if activity else "0", source or "",
+            account=account,
+        )  # fmt: skip
 
     async def terminate(
         self, session_id: str, reason: str = "requested", account: str | None = None
@@ -302,6 +321,18 @@ class Store:
         if code == -422:
             raise errors.InvalidRequest(_text(reply[1]) + ".")
         return _view(session_id, reply)
+
+    async def timeline(self, session_id: str, account: str | None = None) -> list[dict[str, Any]]:
+        """The session's timeline entries, oldest first, times in RFC 3339."""
+        pk = await self._locate(session_id)
+        reply = None if pk is None else await self._call("get_timeline", pk, session_id)
+        if (
+            reply is None
+            or int(reply[0]) == -404
+            or (account is not None and _text(reply[1]) != account)
+        ):
+            raise errors.SessionNotFound(f"No session {session_id}.")
+        return [timeline_entry(json.loads(_text(raw))) for raw in reply[2:]]
 
     async def list_sessions(self, account_id: str) -> list[SessionView]:
         """The account's live sessions, oldest first."""

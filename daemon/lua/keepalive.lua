@@ -9,6 +9,7 @@
     ARGV[10] session id
     ARGV[11] consumer group of the events stream
     ARGV[12] '1' for an activity, '0' for a keepalive
+    ARGV[13] what acted, for the timeline ('' = 'api')
   Output: {1, now, field, value, ...} | {-404} | {-402, billing status} | {-409}
 ]]
 --- @include "common"
@@ -30,5 +31,7 @@ if deadline <= now then
   terminate(sid, reason, deadline, now)
   return {-409}
 end
-touch(sid, h[1], now, ARGV[12] == '1')
+local source = ARGV[13]
+if source == nil or source == '' then source = 'api' end
+touch(sid, h[1], now, ARGV[12] == '1', nil, now, source)
 return view(1, sid, now)

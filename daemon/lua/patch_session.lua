@@ -53,4 +53,7 @@ if deadline <= now then
   return view(1, sid, now)
 end
 schedule(sid, e, l, i, k, h[8])
+local changed = {timeout_seconds = tonumber(timeout), inactivity_timeout_seconds = tonumber(inactivity)}
+if auto_kill ~= '' then changed.auto_kill = auto_kill == '1' end
+timeline_add(sid, 'extended', now, changed)
 return view(1, sid, now)

@@ -70,6 +70,7 @@ end
 local function session_key(sid) return BASE .. 's:' .. sid end
 local function account_key(account) return BASE .. 'a:' .. account end
 local function live_key(account) return BASE .. 'live:' .. account end
+--- @include "timeline"
 
 -- Plan name and billing status of an account; an account never written has the defaults.
 local function account_state(account)
@@ -129,6 +130,7 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
   end
   if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
   redis.call('PEXPIRE', key, RETENTION_MS)
+  timeline_add(sid, 'terminated', now, {reason = reason, deadline = deadline})
   if reason ~= 'external' then
     local created = tonumber(h[3])
     emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
@@ -189,6 +191,7 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   redis.call('HSET', key, 'a', account, 'p', plan_name, 's', 'r', 'c', created_at,
     'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
   redis.call('SADD', live_key(account), sid)
+  timeline_add(sid, 'created', created_at)
   return 1, schedule(sid, e, created_at, i, auto_kill, nil)
 end
 
@@ -200,7 +203,7 @@ end
   (every earlier entry has been applied, in stream order), so the session ends at that
   deadline now, and 'ended:<reason>' is returned.
 ]]
-local function touch(sid, account, ts, is_activity, arrived, now)
+local function touch(sid, account, ts, is_activity, arrived, now, source)
   local key = session_key(sid)
   local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k', 'w')
   if not h[1] then return 'ignored:unknown_session' end
@@ -216,6 +219,8 @@ local function touch(sid, account, ts, is_activity, arrived, now)
   end
   if ts < l then return 'ignored:stale' end
   if is_activity and h[1] == 'r' then redis.call('HSET', key, 's', 'u') end
+  if is_activity and h[1] == 'r' then timeline_add(sid, 'running', ts, {source = source})
+  else timeline_touch(sid, is_activity and 'activity' or 'keepalive', source, ts) end
   if ts > l then
     redis.call('HSET', key, 'l', ts)
     -- Without auto_kill the deadline is the maximum lifetime, which activity never moves.
