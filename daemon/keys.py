@@ -12,6 +12,10 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
 - ``P:{p}:lease``        string, the replica that consumes the partition now
+- ``P:{p}:wh:d:<entry>.<webhook>``  hash, one webhook delivery: w endpoint, y command type,
+                         j the command's fields (JSON), n attempts made, r last error
+- ``P:{p}:wh:due:<webhook>``  sorted set, the endpoint's deliveries -> next attempt (ms)
+- ``P:{p}:wh:dead:<webhook>`` sorted set, the endpoint's dead deliveries -> time (ms)
 
 Per deployment:
 
@@ -73,6 +77,15 @@ class PartitionKeys:
     @property
     def lease(self) -> str:
         return self.base + "lease"
+
+    def webhook_due(self, webhook_id: str) -> str:
+        return self.base + "wh:due:" + webhook_id
+
+    def webhook_dead(self, webhook_id: str) -> str:
+        return self.base + "wh:dead:" + webhook_id
+
+    def delivery(self, member: str) -> str:
+        return self.base + "wh:d:" + member
 
     def session(self, session_id: str) -> str:
         return self.base + "s:" + session_id

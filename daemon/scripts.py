@@ -30,6 +30,9 @@ SCRIPT_NAMES = (
     "lease",
     "lease_release",
     "replicas",
+    "webhook_enqueue",
+    "webhook_claim",
+    "webhook_finish",
 )
 
 
