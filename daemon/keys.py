@@ -19,6 +19,7 @@ Per partition (``P`` = ``key_prefix``):
 
 Per deployment:
 
+- ``P:webhooks``         hash, webhook endpoint id -> JSON (url, types, account, secret)
 - ``P:config``           hash, ``partitions`` and ``plans`` (comma-separated names), written
                          by the daemon so producers (``daemon.publisher``) route and validate
                          events as it does
