@@ -27,6 +27,7 @@ from daemon.plans import PlansError, load_plans
 from daemon.redis_client import TRANSIENT_ERRORS, connect
 from daemon.settings import ConfigError, Settings, load_settings
 from daemon.store import Store
+from daemon.webhooks import WebhookDispatcher
 
 log = structlog.get_logger("lifecycled")
 
@@ -92,6 +93,7 @@ class Daemon:
         self.embedded: EmbeddedValkey | None = None
         self.redis: Any = None
         self.engine: Engine | None = None
+        self.webhooks: WebhookDispatcher | None = None
         self._api: web.AppRunner | None = None
         self._metrics_app: web.AppRunner | None = None
         self._stop = asyncio.Event()
@@ -118,6 +120,8 @@ class Daemon:
         store = Store(self.redis, s, s.plans())
         self.engine = Engine(store, self.metrics, self.health)
         await self.engine.start()
+        self.webhooks = WebhookDispatcher(store, self.engine, self.metrics.registry)
+        self.webhooks.start()
         self._api = await self._serve(
             make_api(store, self.engine, self.metrics), s.http_host, s.http_port
         )
@@ -211,6 +215,8 @@ class Daemon:
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await self._api.cleanup()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.engine is not None:
             await self.engine.stop()
         for task in self._tasks:
