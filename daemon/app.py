@@ -120,13 +120,14 @@ class Daemon:
         store = Store(self.redis, s, s.plans())
         self.engine = Engine(store, self.metrics, self.health)
         await self.engine.start()
-        self.webhooks = WebhookDispatcher(store, self.engine, self.metrics.registry)
-        self.webhooks.start()
         self._api = await self._serve(
             make_api(store, self.engine, self.metrics), s.http_host, s.http_port
         )
         metrics_app = make_metrics_app(self.metrics, self.health, self.engine.refresh_live_count)
         self._metrics_app = await self._serve(metrics_app, s.metrics_host, s.metrics_port)
+        # Started once both listeners serve: a failed start has no deliveries to stop.
+        self.webhooks = WebhookDispatcher(store, self.engine, self.metrics.registry)
+        self.webhooks.start()
         self._serving = True
         log.info("daemon_started", version=__version__, replica=self.engine.replica_id,
                  http=f"{s.http_host}:{s.http_port}", metrics=f"{s.metrics_host}:{s.metrics_port}",
