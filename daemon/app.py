@@ -28,6 +28,7 @@ from daemon.plans import PlansError, load_plans
 from daemon.redis_client import TRANSIENT_ERRORS, connect
 from daemon.settings import ConfigError, Settings, load_settings
 from daemon.store import Store
+from daemon.webhooks import WebhookDispatcher
 
 log = structlog.get_logger("lifecycled")
 
@@ -93,6 +94,7 @@ class Daemon:
         self.embedded: EmbeddedValkey | None = None
         self.redis: Any = None
         self.engine: Engine | None = None
+        self.webhooks: WebhookDispatcher | None = None
         self._api: web.AppRunner | None = None
         self._metrics_app: web.AppRunner | None = None
         self._stop = asyncio.Event()
@@ -126,6 +128,9 @@ class Daemon:
         self._metrics_app = await self._serve(
             metrics_app, s.metrics_host, s.metrics_port, "metrics"
         )
+        # Started once both listeners serve: a failed start has no deliveries to stop.
+        self.webhooks = WebhookDispatcher(store, self.engine, self.metrics.registry)
+        self.webhooks.start()
         self._serving = True
         log.info("daemon_started", version=__version__, replica=self.engine.replica_id,
                  http=f"{s.http_host}:{s.http_port}", metrics=f"{s.metrics_host}:{s.metrics_port}",
@@ -223,6 +228,8 @@ class Daemon:
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await self._api.cleanup()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.engine is not None:
             await self.engine.stop()
         for task in self._tasks:

@@ -16,9 +16,14 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:rl:<account>:<limit>``  string, the theoretical arrival time (ms) of the
                          account's GCRA rate limit ``requests`` or ``creates`` (SPEC §6);
                          expires once that time has passed
+- ``P:{p}:wh:d:<entry>.<webhook>``  hash, one webhook delivery: w endpoint, y command type,
+                         j the command's fields (JSON), n attempts made, r last error
+- ``P:{p}:wh:due:<webhook>``  sorted set, the endpoint's deliveries -> next attempt (ms)
+- ``P:{p}:wh:dead:<webhook>`` sorted set, the endpoint's dead deliveries -> time (ms)
 
 Per deployment:
 
+- ``P:webhooks``         hash, webhook endpoint id -> JSON (url, types, account, secret)
 - ``P:config``           hash, ``partitions`` and ``plans`` (comma-separated names), written
                          by the daemon so producers (``daemon.publisher``) route and validate
                          events as it does
@@ -77,6 +82,15 @@ class PartitionKeys:
     @property
     def lease(self) -> str:
         return self.base + "lease"
+
+    def webhook_due(self, webhook_id: str) -> str:
+        return self.base + "wh:due:" + webhook_id
+
+    def webhook_dead(self, webhook_id: str) -> str:
+        return self.base + "wh:dead:" + webhook_id
+
+    def delivery(self, member: str) -> str:
+        return self.base + "wh:d:" + member
 
     def session(self, session_id: str) -> str:
         return self.base + "s:" + session_id

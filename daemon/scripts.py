@@ -34,6 +34,9 @@ SCRIPT_NAMES = (
     "dead_letter_list",
     "dead_letter_replay",
     "get_timeline",
+    "webhook_enqueue",
+    "webhook_claim",
+    "webhook_finish",
 )
 
 

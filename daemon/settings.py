@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     read_batch: int = Field(default=500, ge=1, le=10_000)
     expire_batch: int = Field(default=500, ge=1, le=10_000)
 
+    # Webhooks (SPEC §9): a 2xx within the timeout is success; attempt n + 1 follows
+    # attempt n after base × 4^(n-1) seconds, ±50 % jitter; dead after the last attempt.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0, le=86400)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+
     # HTTP
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None
