@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_
 # host program decides whether and where they appear.
 log = structlog.wrap_logger(
     logging.getLogger("lifecycled.client"),
-    processors=[structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True)],
+    # The event name is the record's message; its fields are attributes of the record.
+    processors=[structlog.stdlib.render_to_log_kwargs],
     wrapper_class=structlog.stdlib.BoundLogger,
 )
 _T = TypeVar("_T")
