@@ -128,6 +128,7 @@ class Daemon:
             **env,
         }
         self.log_path = log_path
+        self.cwd: Path | None = None  # where it runs (an older source tree runs from its own)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -137,7 +138,11 @@ class Daemon:
     def start(self, wait_ready: bool = True) -> Daemon:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run"], env=self.env, stdout=log, stderr=log
+            [sys.executable, "-m", "daemon", "run"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            cwd=self.cwd,
         )
         log.close()
         if wait_ready:
