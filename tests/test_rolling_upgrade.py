@@ -95,7 +95,9 @@ class RollingUpgrade(Chaos):
         if self.upgrading:
             self.new_replicas.append(daemon)
         else:
-            daemon.env = {**daemon.env, "PYTHONPATH": str(self.old)}
+            # 0.2 reads its own shipped plans: it refuses the keys 0.3 added to them.
+            plans = str(self.old / "config" / "plans.toml")
+            daemon.env = {**daemon.env, "PYTHONPATH": str(self.old), "LIFECYCLE_PLANS_FILE": plans}
             daemon.cwd = self.old
             self.old_replicas.append(daemon)
         return daemon
