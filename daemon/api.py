@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
@@ -27,7 +26,13 @@ from daemon import dead_letters, errors
 from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
 from daemon.engine import Engine
 from daemon.metrics import Metrics
-from daemon.model import BILLING_STATUSES, ID_PATTERN, MAX_INACTIVITY_SECONDS, new_session_id
+from daemon.model import (
+    BILLING_STATUSES,
+    ID_PATTERN,
+    MAX_INACTIVITY_SECONDS,
+    SOURCE_PATTERN,
+    new_session_id,
+)
 from daemon.store import RateLimitResult, SessionView, Store
 
 log = structlog.get_logger("lifecycled.api")
@@ -60,7 +65,6 @@ _CREATE_FIELDS = {
 }
 _PATCH_FIELDS = {"timeout_seconds", "inactivity_timeout_seconds", "auto_kill"}
 _ACCOUNT_FIELDS = {"plan", "billing_status"}
-SOURCE_PATTERN = re.compile(r"[a-z0-9._-]{1,64}")
 _ADMISSION_RESULT = {
     errors.PaymentRequired: "payment_required",
     errors.ConcurrentSessionLimit: "concurrent_session_limit",

@@ -11,7 +11,13 @@ import re
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
-from daemon.model import BILLING_STATUSES, COMMAND_REASONS, ID_PATTERN, MAX_INACTIVITY_SECONDS
+from daemon.model import (
+    BILLING_STATUSES,
+    COMMAND_REASONS,
+    ID_PATTERN,
+    MAX_INACTIVITY_SECONDS,
+    SOURCE_PATTERN,
+)
 
 EVENT_TYPES = ("created", "activity", "keepalive", "terminate", "terminated", "billing")
 
@@ -32,7 +38,6 @@ _REQUIRED = {
     "billing": ("account_id", "billing_status"),
 }
 _DIGITS = re.compile(r"[0-9]{1,64}")
-SOURCE_PATTERN = re.compile(r"[a-z0-9._-]{1,64}")
 _BOOLS = {"true": "1", "1": "1", "false": "0", "0": "0"}
 # Larger values are over every plan's maximum (a 422 rejection) or far ahead of the clock
 # (clamped to now) anyway; capped, they stay within Lua's exact integers.

@@ -218,9 +218,12 @@ local function touch(sid, account, ts, is_activity, arrived, now, source)
     end
   end
   if ts < l then return 'ignored:stale' end
-  if is_activity and h[1] == 'r' then redis.call('HSET', key, 's', 'u') end
-  if is_activity and h[1] == 'r' then timeline_add(sid, 'running', ts, {source = source})
-  else timeline_touch(sid, is_activity and 'activity' or 'keepalive', source, ts) end
+  if is_activity and h[1] == 'r' then
+    redis.call('HSET', key, 's', 'u')
+    timeline_add(sid, 'running', ts, {source = source})
+  else
+    timeline_touch(sid, is_activity and 'activity' or 'keepalive', source, ts)
+  end
   if ts > l then
     redis.call('HSET', key, 'l', ts)
     -- Without auto_kill the deadline is the maximum lifetime, which activity never moves.
