@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from daemon import dead_letters, errors
 from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
+from daemon.console import add_console, is_console_path
 from daemon.engine import Engine
 from daemon.metrics import Metrics
 from daemon.model import (
@@ -120,7 +121,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = request.app[ACCESS]
-    if not access.keys:
+    if not access.keys or is_console_path(request.path):  # the console logs in by cookie
         request[PRINCIPAL] = ADMIN
         return await handler(request)
     if request.path == OPENAPI_PATH and request.method in ("GET", "HEAD"):
@@ -577,4 +578,5 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_put("/v1/accounts/{account_id}", put_account)
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)
     dead_letters.add_routes(app)
+    add_console(app, store, engine, metrics)
     return app

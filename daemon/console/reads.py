@@ -1,0 +1,122 @@
+"""The console's reads of Redis, each bounded by a page: no read grows with the number of
+sessions or accounts (a ZRANGE of the deadlines set by rank, an account's live set, a
+SCAN with COUNT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.keys import PartitionKeys
+from daemon.model import SessionRecord
+from daemon.store import SessionView, Store
+from daemon.webhook_endpoints import Endpoints
+
+PAGE = 50
+SCAN_COUNT = 500
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+async def _server_ms(redis: Any) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    views: list[SessionView]
+    total: int  # members of the partition's deadlines set
+    offset: int
+    has_more: bool
+
+
+async def soonest_sessions(store: Store, pk: PartitionKeys, offset: int) -> SessionPage:
+    """Live sessions of a partition by their next deadline, soonest first, one page."""
+    redis = store.redis
+    pipe = redis.pipeline(transaction=False)
+    pipe.zrange(pk.deadlines, offset, offset + PAGE)
+    pipe.zcard(pk.deadlines)
+    members, total = await pipe.execute()
+    ids = [_text(m) for m in members]
+    # Other members (an account's credit deadline, ``a:<account>``) are not sessions.
+    sessions = [m for m in ids[:PAGE] if not m.startswith("a:")]
+    pipe = redis.pipeline(transaction=False)
+    for sid in sessions:
+        pipe.hgetall(pk.session(sid))
+    records = await pipe.execute()
+    now = await _server_ms(redis)
+    views = []
+    for sid, raw in zip(sessions, records, strict=True):
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        if "a" in fields:  # gone since the ZRANGE
+            views.append(SessionView(SessionRecord.from_fields(sid, fields), now))
+    return SessionPage(views, int(total), offset, len(ids) > PAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPage:
+    account_ids: list[str]
+    partition: int
+    cursor: int  # 0: the scan is complete
+
+
+async def account_ids(store: Store, pk: PartitionKeys, cursor: int) -> AccountPage:
+    """Accounts with a record or live sessions in a partition: one SCAN step (or a few,
+    until some are found), so a page costs the same however many keys there are."""
+    found: list[str] = []
+    for _ in range(4):
+        cursor, keys = await store.redis.scan(cursor, match=pk.base + "[al]*", count=SCAN_COUNT)
+        for key in keys:
+            rest = _text(key)[len(pk.base) :]
+            for head in ("a:", "live:"):
+                if rest.startswith(head):
+                    found.append(rest[len(head) :])
+        if found or cursor == 0:
+            break
+    return AccountPage(sorted(set(found)), pk.partition, int(cursor))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRow:
+    endpoint: dict[str, Any]
+    dead: int  # dead deliveries over all partitions
+    due: int  # deliveries waiting for an attempt
+
+
+async def webhooks(store: Store) -> list[WebhookRow]:
+    endpoints = await Endpoints(store.redis, store.settings.key_prefix).all()
+    pipe = store.redis.pipeline(transaction=False)
+    for webhook_id in endpoints:
+        for pk in store.partitions:
+            pipe.zcard(pk.webhook_dead(webhook_id))
+            pipe.zcard(pk.webhook_due(webhook_id))
+    counts = await pipe.execute()
+    rows = []
+    n = 2 * len(store.partitions)
+    for i, endpoint in enumerate(endpoints.values()):
+        mine = counts[i * n : (i + 1) * n]
+        rows.append(WebhookRow(endpoint.public(), sum(mine[0::2]), sum(mine[1::2])))
+    return rows
+
+
+async def overview(store: Store) -> dict[str, Any]:
+    """Counts of the whole deployment: a few O(1) reads per partition."""
+    redis = store.redis
+    pipe = redis.pipeline(transaction=False)
+    for pk in store.partitions:
+        pipe.zcard(pk.deadlines)
+        pipe.xlen(pk.dead)
+        pipe.xlen(pk.events)
+    pipe.zcard(f"{store.settings.key_prefix}:replicas")
+    replies = await pipe.execute(raise_on_error=False)
+    ints = [r if isinstance(r, int) else 0 for r in replies]
+    return {
+        "live": sum(ints[0:-1:3]),
+        "dead_letters": sum(ints[1:-1:3]),
+        "events_stream": sum(ints[2:-1:3]),
+        "replicas": ints[-1],
+        "partitions": len(store.partitions),
+    }
