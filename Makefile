@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest chaos bench clean
+.PHONY: install run test lint typecheck pytest browser chaos bench clean
 
 install: $(STAMP)
 
@@ -27,7 +27,18 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The console's browser test (tests/test_console_browser.py) drives Debian's Chromium.
+# As root, install it when missing; otherwise that test fails saying what is missing.
+browser:
+	@if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; \
+	  else \
+	    echo "make browser: chromium and chromium-driver are missing (as root: apt-get install -y chromium chromium-driver)"; \
+	  fi; \
+	fi
+
+test: lint typecheck browser pytest
 
 # A longer chaos run than the one inside `make test`: make chaos SECONDS=600
 SECONDS ?= 300

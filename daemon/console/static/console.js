@@ -36,7 +36,15 @@
     var series = [{}].concat(names.map(function (n, i) {
       return { label: n, stroke: palette[i % palette.length], width: 2, spanGaps: true };
     }));
-    var opts = { width: width, height: 200, series: series, axes: [axis, axis], legend: { show: true } };
+    var now = Date.now() / 1000;
+    var opts = {
+      width: width, height: 200, series: series, axes: [axis, axis], legend: { show: true },
+      // Always the last hour, from zero up: a fresh daemon's single point reads well too.
+      scales: {
+        x: { time: true, range: function () { return [now - 3600, now]; } },
+        y: { range: function (u, min, max) { return [0, Math.max(1, max || 0) * 1.1]; } }
+      }
+    };
     return new uPlot(opts, columns, el);
   }
 
