@@ -382,6 +382,50 @@ async def api_account(client: LifecycleClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _entry(args: argparse.Namespace) -> tuple[int, str]:
+    """A dead letter named ``PARTITION:ID`` (as ``dead-letters list`` prints it) or ``ID``
+    (with ``--partition``, default 0)."""
+    head, sep, tail = args.entry.rpartition(":")
+    if sep and head.isdigit():
+        return int(head), tail
+    return args.partition or 0, args.entry
+
+
+async def api_dead_letters_list(client: LifecycleClient, args: argparse.Namespace) -> int:
+    page = await client.dead_letters(partition=args.partition, after=args.after, limit=args.limit)
+    if args.json:
+        _print_json(page.raw)
+        return EXIT_OK
+    if not page.dead_letters:
+        print("no dead letters")
+    for entry in page.dead_letters:
+        fields = " ".join(f"{k}={v}" for k, v in entry.fields.items())
+        print(f"{entry.partition}:{entry.id}  {entry.error or '-'}  {fields}")
+    if page.next is not None:
+        print(f"more: lifecycled dead-letters list --after {page.next}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def api_dead_letters_replay(client: LifecycleClient, args: argparse.Namespace) -> int:
+    partition, entry_id = _entry(args)
+    new_id = await client.replay_dead_letter(partition, entry_id)
+    if args.json:
+        _print_json({"partition": partition, "id": entry_id, "replayed_as": new_id})
+    else:
+        print(f"replayed {partition}:{entry_id} as events entry {new_id}")
+    return EXIT_OK
+
+
+async def api_dead_letters_drop(client: LifecycleClient, args: argparse.Namespace) -> int:
+    partition, entry_id = _entry(args)
+    await client.drop_dead_letter(partition, entry_id)
+    if args.json:
+        _print_json({"partition": partition, "id": entry_id, "dropped": True})
+    else:
+        print(f"dropped {partition}:{entry_id}")
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -413,8 +457,10 @@ def _add_api_commands(sub: Any) -> None:
     )
     group.add_argument("--json", action="store_true", help="print the API's JSON")
 
-    def command(name: str, help: str, action: ApiAction) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = sub.add_parser(
+    def command(
+        name: str, help: str, action: ApiAction, within: Any = sub
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = within.add_parser(
             name,
             help=help,
             description=help[0].upper() + help[1:] + ".",
@@ -478,6 +524,24 @@ def _add_api_commands(sub: Any) -> None:
 
     sessions = command("sessions", "list an account's live sessions", api_sessions)
     sessions.add_argument("account", metavar="ACCOUNT")
+
+    dead = sub.add_parser(
+        "dead-letters",
+        help="list, replay or drop dead letters (admin)",
+        description="Events-stream entries the daemon could not apply (admin key).",
+    )
+    dead_sub = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
+    listing = command("list", "list dead letters, oldest first", api_dead_letters_list, dead_sub)
+    listing.add_argument("--partition", type=int, metavar="P", help="only this partition")
+    listing.add_argument("--after", metavar="CURSOR", help="the page after this cursor")
+    listing.add_argument("--limit", type=_positive_int, metavar="N", help="at most N (100)")
+    for name, help, action in (
+        ("replay", "put a dead letter back on the events stream", api_dead_letters_replay),
+        ("drop", "delete a dead letter", api_dead_letters_drop),
+    ):
+        one = command(name, help, action, dead_sub)
+        one.add_argument("entry", metavar="ENTRY", help="PARTITION:ID as listed, or ID")
+        one.add_argument("--partition", type=int, metavar="P", help="the ID's partition (0)")
 
     account = command("account", "show an account, or set its plan and billing status", api_account)
     account.add_argument("account", metavar="ACCOUNT")

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import structlog
@@ -42,6 +42,8 @@ __all__ = [
     "Account",
     "Conflict",
     "ConnectionFailed",
+    "DeadLetter",
+    "DeadLetterPage",
     "Forbidden",
     "InvalidRequest",
     "LifecycleClient",
@@ -149,6 +151,23 @@ class Account(_ApiModel):
     live_sessions: int
     max_concurrent: int | None
     max_duration_seconds: int
+
+
+class DeadLetter(_ApiModel):
+    """An events-stream entry the daemon could not apply (SPEC §10): its original
+    ``fields`` and the ``error`` that sent it to the dead-letter stream."""
+
+    partition: int
+    id: str
+    fields: dict[str, str]
+    error: str | None
+
+
+class DeadLetterPage(_ApiModel):
+    """A page of dead letters; ``next`` is the cursor of the next page (None: the end)."""
+
+    dead_letters: list[DeadLetter]
+    next: str | None
 
 
 # Errors
@@ -496,6 +515,29 @@ class LifecycleClient:
         except ValidationError as exc:
             raise _bad_answer(path, exc) from None
 
+    # Dead letters (admin)
+
+    async def dead_letters(
+        self, *, partition: int | None = None, after: str | None = None, limit: int | None = None
+    ) -> DeadLetterPage:
+        """``GET /v1/dead-letters``: one page, oldest first; pass ``next`` back as ``after``."""
+        query = urlencode(_without_none(partition=partition, after=after, limit=limit))
+        path = "/v1/dead-letters" + (f"?{query}" if query else "")
+        data = await self._request("GET", path)
+        try:
+            return DeadLetterPage.from_api(data)
+        except ValidationError as exc:
+            raise _bad_answer(path, exc) from None
+
+    async def replay_dead_letter(self, partition: int, entry_id: str) -> str:
+        """Put the entry's original fields back on the events stream and remove it (one
+        atomic step); returns the id of the new events-stream entry."""
+        data = await self._request("POST", _dead_letter_path(partition, entry_id) + "/replay")
+        return str(data["replayed_as"])
+
+    async def drop_dead_letter(self, partition: int, entry_id: str) -> None:
+        await self._request("DELETE", _dead_letter_path(partition, entry_id))
+
     # Managed sessions
 
     @contextlib.asynccontextmanager
@@ -630,6 +672,10 @@ class ManagedSession:
 
 def _session_path(session_id: str) -> str:
     return "/v1/sessions/" + quote(session_id, safe="")
+
+
+def _dead_letter_path(partition: int, entry_id: str) -> str:
+    return f"/v1/dead-letters/{partition}/{quote(entry_id, safe='')}"
 
 
 def _account_path(account_id: str) -> str:
