@@ -39,7 +39,8 @@ def _partition(store: Store, text: str) -> PartitionKeys:
 
 
 def _entry_id(text: str) -> str:
-    if not _ENTRY_ID.fullmatch(text):
+    # Both parts are unsigned 64-bit numbers in Redis; a larger one is a malformed id.
+    if not _ENTRY_ID.fullmatch(text) or any(int(part) >= 2**64 for part in text.split("-")):
         raise errors.InvalidRequest("entry_id must be a stream entry id such as 1700000000000-0.")
     return text
 
