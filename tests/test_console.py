@@ -132,9 +132,13 @@ async def test_open_console_pages_and_dead_letters(redis: Any, daemons: Start) -
             assert resp.status == 200
             page = await resp.text()
         assert all(sid in page for sid in sids) and "3 in all" in page
+        # An account id opens the account with its live sessions.
         async with http.get(f"{d.api}/ui/sessions", params={"q": "acme"}) as resp:
+            assert str(resp.url).endswith("/ui/accounts/acme")
             page = await resp.text()
         assert sids[0] in page and sids[1] in page and sids[2] not in page
+        async with http.get(f"{d.api}/ui/sessions", params={"q": "nobody"}) as resp:
+            assert "No session has the id <strong>nobody</strong>" in await resp.text()
         async with http.get(f"{d.api}/ui/accounts") as resp:
             page = await resp.text()
         assert "/ui/accounts/acme" in page and "/ui/accounts/globex" in page

@@ -270,8 +270,10 @@ async def sessions(request: web.Request) -> web.StreamResponse:
         try:
             await store.get_session(query)
         except errors.SessionNotFound:
-            views = await store.list_sessions(query)
-            return _page(request, "sessions.html", views=_rows(views), searched=True, **context)
+            owned = await reads.account_sessions(store, query, 0)
+            if owned.total:
+                raise web.HTTPSeeOther(f"{PREFIX}/accounts/{query}") from None
+            return _page(request, "sessions.html", views=[], searched=True, **context)
         raise web.HTTPSeeOther(f"{PREFIX}/sessions/{query}")
     partition = _partition_arg(request, store)
     page = await reads.soonest_sessions(store, store.partitions[partition], _offset_arg(request))
@@ -408,13 +410,14 @@ async def account(request: web.Request) -> web.Response:
     if not ID_PATTERN.fullmatch(account_id):
         raise errors.AccountNotFound(f"No account {account_id[:128]}.")
     view = await store.get_account(account_id)
-    live = await store.list_sessions(account_id)
+    live = await reads.account_sessions(store, account_id, _offset_arg(request, "cursor"))
     return _page(
         request,
         "account.html",
         title=f"Account {account_id}",
         account=view.account_object(),
-        views=_rows(live),
+        views=_rows(live.views),
+        live=live,
     )
 
 

@@ -14,6 +14,7 @@ from daemon.webhook_endpoints import Endpoints
 
 PAGE = 50
 SCAN_COUNT = 500
+SCAN_STEPS = 8  # at most this many SCAN calls a page
 
 
 def _text(value: Any) -> str:
@@ -33,27 +34,51 @@ class SessionPage:
     has_more: bool
 
 
+async def _views(store: Store, pk: PartitionKeys, session_ids: list[str]) -> list[SessionView]:
+    """The records of these sessions, one pipelined read, with the server's clock."""
+    pipe = store.redis.pipeline(transaction=False)
+    for sid in session_ids:
+        pipe.hgetall(pk.session(sid))
+    records = await pipe.execute()
+    now = await _server_ms(store.redis)
+    views = []
+    for sid, raw in zip(session_ids, records, strict=True):
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        if "a" in fields:  # gone since the ids were read
+            views.append(SessionView(SessionRecord.from_fields(sid, fields), now))
+    return views
+
+
 async def soonest_sessions(store: Store, pk: PartitionKeys, offset: int) -> SessionPage:
     """Live sessions of a partition by their next deadline, soonest first, one page."""
-    redis = store.redis
-    pipe = redis.pipeline(transaction=False)
+    pipe = store.redis.pipeline(transaction=False)
     pipe.zrange(pk.deadlines, offset, offset + PAGE)
     pipe.zcard(pk.deadlines)
     members, total = await pipe.execute()
     ids = [_text(m) for m in members]
     # Other members (an account's credit deadline, ``a:<account>``) are not sessions.
     sessions = [m for m in ids[:PAGE] if not m.startswith("a:")]
-    pipe = redis.pipeline(transaction=False)
-    for sid in sessions:
-        pipe.hgetall(pk.session(sid))
-    records = await pipe.execute()
-    now = await _server_ms(redis)
-    views = []
-    for sid, raw in zip(sessions, records, strict=True):
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        if "a" in fields:  # gone since the ZRANGE
-            views.append(SessionView(SessionRecord.from_fields(sid, fields), now))
+    views = await _views(store, pk, sessions)
     return SessionPage(views, int(total), offset, len(ids) > PAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSessions:
+    views: list[SessionView]
+    total: int  # the account's live sessions
+    cursor: int  # 0: the last page
+
+
+async def account_sessions(store: Store, account_id: str, cursor: int) -> AccountSessions:
+    """A page of an account's live sessions (an SSCAN of its live set), oldest first."""
+    pk = store.partition_for(account_id)
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.sscan(pk.live(account_id), cursor, count=PAGE)
+    pipe.scard(pk.live(account_id))
+    (cursor, members), total = await pipe.execute()
+    views = await _views(store, pk, sorted(_text(m) for m in members))
+    views.sort(key=lambda v: (v.record.created_at, v.record.session_id))
+    return AccountSessions(views, int(total), int(cursor))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +89,17 @@ class AccountPage:
 
 
 async def account_ids(store: Store, pk: PartitionKeys, cursor: int) -> AccountPage:
-    """Accounts with a record or live sessions in a partition: one SCAN step (or a few,
-    until some are found), so a page costs the same however many keys there are."""
+    """Accounts with a record or live sessions in a partition: a few SCAN steps (until
+    half a page is found), so a page costs the same however many keys there are."""
     found: list[str] = []
-    for _ in range(4):
+    for _ in range(SCAN_STEPS):
         cursor, keys = await store.redis.scan(cursor, match=pk.base + "[al]*", count=SCAN_COUNT)
         for key in keys:
             rest = _text(key)[len(pk.base) :]
             for head in ("a:", "live:"):
                 if rest.startswith(head):
                     found.append(rest[len(head) :])
-        if found or cursor == 0:
+        if len(found) >= PAGE // 2 or cursor == 0:
             break
     return AccountPage(sorted(set(found)), pk.partition, int(cursor))
 
