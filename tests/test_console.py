@@ -46,7 +46,7 @@ async def _login(http: aiohttp.ClientSession, api: str, key: str) -> aiohttp.Cli
     )
 
 
-async def test_login_csrf_terminate_and_extend(daemons: Start) -> None:
+async def test_login_csrf_terminate_and_extend(redis: Any, daemons: Start) -> None:
     d = daemons(api_keys=_keys())
     bearer = {"Authorization": f"Bearer {ROOT}"}
     async with _http() as http:
@@ -71,6 +71,10 @@ async def test_login_csrf_terminate_and_extend(daemons: Start) -> None:
         )
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
         assert ROOT not in cookie
+        # Redis holds the digest of the cookie's token, never the token (nor the key).
+        token = next(c.value for c in http.cookie_jar if c.key == "lifecycled_console")
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        assert await redis.keys("lifecycle:console:*") == [f"lifecycle:console:{digest}".encode()]
 
         async with http.post(
             f"{d.api}/v1/sessions",
@@ -115,6 +119,7 @@ async def test_login_csrf_terminate_and_extend(daemons: Start) -> None:
             assert str(resp.url).endswith("/ui/login")
         async with http.get(f"{d.api}/ui/sessions", allow_redirects=False) as resp:
             assert resp.status == 303 and resp.headers["Location"] == "/ui/login"
+        assert await redis.keys("lifecycle:console:*") == []
     # The key never reaches the log; the console's address is there.
     assert ROOT not in d.log() and ACME not in d.log()
     assert f"http://127.0.0.1:{d.http_port}/ui/" in d.log()
@@ -181,6 +186,8 @@ async def test_open_console_pages_and_dead_letters(redis: Any, daemons: Start) -
         async with http.post(drop, data={"csrf": token}) as resp:
             assert f"Dropped {second}" in await resp.text()
         assert await redis.xlen(dead) == 0
+    # The open console keeps no logins in Redis.
+    assert await redis.keys("lifecycle:console:*") == []
 
 
 def test_chart_series_from_the_registry() -> None:

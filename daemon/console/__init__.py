@@ -86,11 +86,16 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)  # type: ignore[no-any-return]
     token = request.cookies.get(auth.COOKIE)
     try:
-        if await auth.valid_session(store.redis, prefix, token):
+        if app[OPEN]:
+            # Nothing to log in to: the cookie only carries the browser's CSRF secret.
+            if auth.plausible_token(token):
+                assert token is not None
+                request[TOKEN] = token
+            else:
+                request[TOKEN] = request[NEW_TOKEN] = auth.new_token()
+        elif await auth.valid_session(store.redis, prefix, token):
             assert token is not None
             request[TOKEN] = token
-        elif app[OPEN]:
-            request[TOKEN] = request[NEW_TOKEN] = await auth.new_session(store.redis, prefix)
         elif request.path != PREFIX + "/login":
             if request.method == "POST":
                 return _page(

@@ -6,7 +6,8 @@ SHA-256 (``P:console:<digest>``, expiring after ``SESSION_SECONDS``), so every r
 accepts it and neither Redis nor a log ever holds the key. Every state-changing form
 carries a CSRF token derived from the session token (an HMAC), which another site can
 neither read nor compute. With no API keys configured the API is open, and so is the
-console: a visitor gets a session without logging in.
+console: a visitor gets a cookie with a random token at once (nothing kept in Redis),
+which serves only as the secret of its CSRF tokens.
 """
 
 from __future__ import annotations
@@ -37,8 +38,17 @@ def csrf_ok(token: str, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(csrf_token(token), presented)
 
 
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def plausible_token(token: str | None) -> bool:
+    """A token as ``new_token`` makes them (the open console keeps no record of them)."""
+    return token is not None and len(token) == 43 and token.isascii()
+
+
 async def new_session(redis: Any, prefix: str) -> str:
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     await redis.set(console_session_key(prefix, _digest(token)), "admin", ex=SESSION_SECONDS)
     return token
 
