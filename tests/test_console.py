@@ -113,6 +113,10 @@ async def test_login_csrf_terminate_and_extend(redis: Any, daemons: Start) -> No
             body = await resp.json()
             assert body["status"] == "terminated" and body["termination_reason"] == "requested"
 
+        # Outcomes shown after a form are signed for the login: a crafted link shows none.
+        async with http.get(f"{action}?msg=Call+support+now&error=Session+broken") as resp:
+            page = await resp.text()
+        assert "Call support now" not in page and "Session broken" not in page
         async with http.get(f"{d.api}/ui/sessions/nope") as resp:
             assert resp.status == 404 and "No session nope." in await resp.text()
         async with http.post(f"{d.api}/ui/logout", data={"csrf": token}) as resp:

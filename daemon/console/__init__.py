@@ -42,6 +42,7 @@ OPEN = web.AppKey("console_open", bool)  # no API keys: no login
 TOKEN = web.RequestKey("console_token", str)
 NEW_TOKEN = web.RequestKey("console_new_token", str)
 
+ID_RULE = "Ids are 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit."
 Handler = Any  # Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -65,15 +66,33 @@ def _page(request: web.Request, template: str, code: int = 200, **context: Any) 
         "logged_in": token is not None,
         "open": request.app[OPEN],
         "path": request.path,
-        "msg": request.query.get("msg"),
-        "error": request.query.get("error"),
+        **_flash(request),
     }
     return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=code)
 
 
-def _redirect(location: str, **query: str | None) -> web.HTTPSeeOther:
+FLASH = ("msg", "error", "session")
+
+
+def _redirect(request: web.Request, location: str, **query: str | None) -> web.HTTPSeeOther:
+    """A redirect after a form, carrying its outcome (``msg``, ``error``, ``session``)
+    signed for this login, so a link from elsewhere cannot make the console say things."""
     params = {k: v for k, v in query.items() if v}
+    token = request.get(TOKEN)
+    if params and token:
+        params["sig"] = auth.flash_signature(token, [params.get(k, "") for k in FLASH])
     return web.HTTPSeeOther(location + ("?" + urlencode(params) if params else ""))
+
+
+def _flash(request: web.Request) -> dict[str, str]:
+    """The outcome a redirect of this login carried, or nothing."""
+    token = request.get(TOKEN)
+    values = [request.query.get(k, "") for k in FLASH]
+    if not token or not any(values):
+        return {}
+    if not hmac.compare_digest(request.query.get("sig", ""), auth.flash_signature(token, values)):
+        return {}
+    return {k: v for k, v in zip(FLASH, values, strict=True) if v}
 
 
 @web.middleware
@@ -105,7 +124,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
                     title="Not logged in",
                     message="Log in again: your console login has ended.",
                 )
-            raise _redirect(PREFIX + "/login")
+            raise web.HTTPSeeOther(PREFIX + "/login")
         if request.method == "POST" and request.path != PREFIX + "/login":
             form = await request.post()
             presented = form.get("csrf")
@@ -156,7 +175,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def login_form(request: web.Request) -> web.StreamResponse:
     if request.get(TOKEN):
-        raise _redirect(PREFIX + "/")
+        raise web.HTTPSeeOther(PREFIX + "/")
     nonce = request.cookies.get(auth.LOGIN_COOKIE) or secrets.token_urlsafe(24)
     response = _page(request, "login.html", login_csrf=nonce, title="Log in")
     auth.set_cookie(request, response, auth.LOGIN_COOKIE, nonce)
@@ -269,7 +288,7 @@ async def sessions(request: web.Request) -> web.StreamResponse:
                 "sessions.html",
                 views=[],
                 searched=True,
-                error="Ids are 1-128 characters of [A-Za-z0-9._:-].",
+                error=ID_RULE,
                 **context,
             )
         try:
@@ -378,9 +397,9 @@ async def session_action(request: web.Request) -> web.StreamResponse:
         else:
             raise web.HTTPNotFound()
     except errors.LifecycleError as exc:
-        raise _redirect(here, error=exc.message) from None
+        raise _redirect(request, here, error=exc.message) from None
     log.info("console_action", action=action, session_id=sid)
-    raise _redirect(here, msg=message)
+    raise _redirect(request, here, msg=message)
 
 
 # Accounts
@@ -392,7 +411,7 @@ async def accounts(request: web.Request) -> web.StreamResponse:
     if query:
         if ID_PATTERN.fullmatch(query):
             raise web.HTTPSeeOther(f"{PREFIX}/accounts/{query}")
-        raise _redirect(PREFIX + "/accounts", error="Ids are 1-128 characters of [A-Za-z0-9._:-].")
+        raise _redirect(request, PREFIX + "/accounts", error=ID_RULE)
     partition = _partition_arg(request, store)
     page = await reads.account_ids(
         store, store.partitions[partition], _offset_arg(request, "cursor")
@@ -447,7 +466,7 @@ async def dead_letter_list(request: web.Request) -> web.Response:
         entries=page,
         cursor=cursor,
         after=after,
-        replayed=request.query.get("session"),
+        replayed=_flash(request).get("session"),
     )
 
 
@@ -469,6 +488,7 @@ async def dead_letter_action(request: web.Request) -> web.StreamResponse:
             )
             session_id = form.get("session_id")
             raise _redirect(
+                request,
                 here,
                 msg=f"Replayed {entry_id} as events entry {new_id}.",
                 session=session_id if isinstance(session_id, str) else None,
@@ -476,9 +496,9 @@ async def dead_letter_action(request: web.Request) -> web.StreamResponse:
         if action == "drop":
             await dead_letters.drop(store, pk, entry_id)
             log.info("console_dead_letter_dropped", partition=pk.partition, id=entry_id)
-            raise _redirect(here, msg=f"Dropped {entry_id}.")
+            raise _redirect(request, here, msg=f"Dropped {entry_id}.")
     except errors.LifecycleError as exc:
-        raise _redirect(here, error=exc.message) from None
+        raise _redirect(request, here, error=exc.message) from None
     raise web.HTTPNotFound()
 
 

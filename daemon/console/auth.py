@@ -34,6 +34,11 @@ def csrf_token(token: str) -> str:
     return hmac.new(token.encode(), b"lifecycled-console-csrf", hashlib.sha256).hexdigest()
 
 
+def flash_signature(token: str, values: list[str]) -> str:
+    message = "\x00".join(["flash", *values]).encode("utf-8", "surrogateescape")
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
 def csrf_ok(token: str, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(csrf_token(token), presented)
 
