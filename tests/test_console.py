@@ -211,3 +211,28 @@ def test_chart_series_from_the_registry() -> None:
     assert 1 < data["lateness_p50"][0] < 5 and 500 < data["lateness_p99"][0] <= 1000
     assert data["lateness_p50"][1] is None and data["lag_p50"] == [None, None]
     assert quantile([(1.0, 0.0), (float("inf"), 0.0)], 0.5) is None
+
+
+async def test_a_login_holds_on_every_replica_and_wrong_keys_block(daemons: Start) -> None:
+    a, b = daemons(api_keys=_keys()), daemons(api_keys=_keys())
+    async with _http() as http:
+        # Cookies do not tell ports apart: the one jar logs in to both replicas.
+        assert (await _login(http, a.api, ROOT)).status == 303
+        async with http.get(f"{b.api}/ui/sessions", allow_redirects=False) as resp:
+            assert resp.status == 200
+            token = _csrf(await resp.text())
+        async with http.get(f"{b.api}/ui/nope") as resp:
+            assert resp.status == 404 and "text/html" in resp.headers["Content-Type"]
+        async with http.post(f"{b.api}/ui/logout", data={"csrf": token}) as resp:
+            assert str(resp.url).endswith("/ui/login")
+        async with http.get(f"{a.api}/ui/", allow_redirects=False) as resp:
+            assert resp.status == 303 and resp.headers["Location"] == "/ui/login"
+
+        # Failed logins count with the API's failed authentications of the address.
+        statuses = [(await _login(http, a.api, f"guess-{i}")).status for i in range(10)]
+        assert statuses == [401] * 10
+        blocked = await _login(http, b.api, ROOT)
+        assert blocked.status == 429 and "Too many failed logins" in await blocked.text()
+        bearer = {"Authorization": f"Bearer {ROOT}"}
+        async with http.get(f"{a.api}/v1/accounts/acme", headers=bearer) as resp:
+            assert resp.status == 429
