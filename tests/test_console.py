@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.console.charts import quantile, read_sample, series
 from daemon.metrics import Metrics
+from daemon.webhook_endpoints import Endpoints
 from tests.servers import Daemon, eventually
 
 Start = Callable[..., Daemon]
@@ -162,6 +163,18 @@ async def test_open_console_pages_and_dead_letters(redis: Any, daemons: Start) -
         assert set(data) >= {"t", "terminations", "lateness_p99", "lag_p50"}
         async with http.get(f"{d.api}/ui/webhooks") as resp:
             assert resp.status == 200 and "No webhook endpoints." in await resp.text()
+        endpoint = await Endpoints(redis, "lifecycle").add({"url": "https://hooks.example/x"})
+        wid = endpoint.webhook_id
+        member = f"1764000000000-0.{wid}"
+        await redis.hset(
+            f"lifecycle:{{0}}:wh:d:{member}",
+            mapping={"w": wid, "y": "terminate", "n": "8", "r": "HTTP 500"},
+        )
+        await redis.zadd(f"lifecycle:{{0}}:wh:dead:{wid}", {member: 1764000000000})
+        async with http.get(f"{d.api}/ui/webhooks") as resp:
+            page = await resp.text()
+        assert "https://hooks.example/x" in page and "HTTP 500" in page
+        assert "1764000000000-0" in page and "2025-11-24 16:00:00 UTC" in page
         async with http.get(f"{d.api}/ui/static/htmx.min.js") as resp:
             assert resp.status == 200 and "htmx" in await resp.text()
 

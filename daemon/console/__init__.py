@@ -448,9 +448,12 @@ async def account(request: web.Request) -> web.Response:
 # Dead letters
 
 
-def _entry_time(entry_id: str) -> str:
-    ms = int(entry_id.partition("-")[0])
+def _ms_time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _entry_time(entry_id: str) -> str:
+    return _ms_time(int(entry_id.partition("-")[0]))
 
 
 async def dead_letter_list(request: web.Request) -> web.Response:
@@ -536,6 +539,7 @@ def make_console(store: Store, engine: Engine, metrics: Metrics) -> web.Applicat
         autoescape=jinja2.select_autoescape(default=True),
     )
     env.filters["duration"] = _fmt_seconds
+    env.filters["ms_time"] = _ms_time
     env.globals["prefix"] = PREFIX
     env.globals["static"] = lambda name: f"{PREFIX}/static/{name}?v={__version__}"
 

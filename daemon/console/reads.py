@@ -104,11 +104,25 @@ async def account_ids(store: Store, pk: PartitionKeys, cursor: int) -> AccountPa
     return AccountPage(sorted(set(found)), pk.partition, int(cursor))
 
 
+DEAD_SHOWN = 10  # most recent dead deliveries shown per endpoint and partition
+
+
+@dataclass(frozen=True, slots=True)
+class DeadDelivery:
+    partition: int
+    entry_id: str  # of the command on the commands stream
+    type: str
+    attempts: str
+    error: str
+    at_ms: int
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookRow:
     endpoint: dict[str, Any]
     dead: int  # dead deliveries over all partitions
     due: int  # deliveries waiting for an attempt
+    recent_dead: list[DeadDelivery]
 
 
 async def webhooks(store: Store) -> list[WebhookRow]:
@@ -119,12 +133,36 @@ async def webhooks(store: Store) -> list[WebhookRow]:
             pipe.zcard(pk.webhook_dead(webhook_id))
             pipe.zcard(pk.webhook_due(webhook_id))
     counts = await pipe.execute()
-    rows = []
     n = 2 * len(store.partitions)
-    for i, endpoint in enumerate(endpoints.values()):
+    rows = []
+    for i, (webhook_id, endpoint) in enumerate(endpoints.items()):
         mine = counts[i * n : (i + 1) * n]
-        rows.append(WebhookRow(endpoint.public(), sum(mine[0::2]), sum(mine[1::2])))
+        recent = await _recent_dead(store, webhook_id)
+        rows.append(WebhookRow(endpoint.public(), sum(mine[0::2]), sum(mine[1::2]), recent))
     return rows
+
+
+async def _recent_dead(store: Store, webhook_id: str) -> list[DeadDelivery]:
+    """The endpoint's most recent dead deliveries, newest first (a few per partition)."""
+    pipe = store.redis.pipeline(transaction=False)
+    for pk in store.partitions:
+        pipe.zrevrange(pk.webhook_dead(webhook_id), 0, DEAD_SHOWN - 1, withscores=True)
+    found = [
+        (pk, _text(member), int(score))
+        for pk, members in zip(store.partitions, await pipe.execute(), strict=True)
+        for member, score in members
+    ]
+    pipe = store.redis.pipeline(transaction=False)
+    for pk, member, _ in found:
+        pipe.hmget(pk.delivery(member), "y", "n", "r")
+    details = await pipe.execute()
+    out = []
+    for (pk, member, at), (kind, attempts, error) in zip(found, details, strict=True):
+        entry_id = member.partition(".")[0]
+        out.append(DeadDelivery(pk.partition, entry_id, _text(kind or ""),
+                                _text(attempts or ""), _text(error or ""), at))  # fmt: skip
+    out.sort(key=lambda d: d.at_ms, reverse=True)
+    return out[:DEAD_SHOWN]
 
 
 async def overview(store: Store) -> dict[str, Any]:
