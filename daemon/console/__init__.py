@@ -392,8 +392,15 @@ async def session_action(request: web.Request) -> web.StreamResponse:
             if record.terminated:
                 _counted(request, view, record.termination_reason or "inactivity")
         elif action in ("pause", "resume") and hasattr(store, action):
-            await getattr(store, action)(sid)
+            # Pause and resume (SPEC §8) where this daemon has them.
+            view = await getattr(store, action)(sid)
             message = "Paused." if action == "pause" else "Resumed."
+            if getattr(view, "changed", False):
+                record = view.record
+                pk = store.partition_for(record.account_id)
+                request.app[ENGINE].nudge(pk, record.terminates_at)
+            else:
+                message = f"Nothing to do: the session was already {view.record.status}."
         else:
             raise web.HTTPNotFound()
     except errors.LifecycleError as exc:
