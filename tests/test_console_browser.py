@@ -33,7 +33,7 @@ WAIT = 10.0
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
         pytest.fail(
@@ -49,6 +49,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         "--disable-sync", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}",
     ):  # fmt: skip
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(CHROMEDRIVER)))
     try:
         yield driver
@@ -89,7 +90,7 @@ class Shots:
 
 
 async def test_console_in_a_browser(
-    redis: Any, daemons: Start, browser: WebDriver, tmp_path: Path
+    redis: Any, daemons: Start, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
     d = daemons(api_keys=hashlib.sha256(KEY.encode()).hexdigest() + ":admin")
     bearer = {"Authorization": f"Bearer {KEY}"}
@@ -181,3 +182,11 @@ async def test_console_in_a_browser(
     _wait(browser, lambda b: _text(b, "h1") == "Sessions", "the sessions page")
     shots.take("sessions-phone-dark")
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 400
+    # No script failed and nothing was blocked by the console's Content-Security-Policy
+    # (the refusals the test provoked are logged as failed loads: 401, 403, 404).
+    refusals = re.compile(r"status of (401|403|404)")
+    problems = [
+        entry["message"] for entry in browser.get_log("browser")  # type: ignore[no-untyped-call]
+        if entry["level"] == "SEVERE" and not refusals.search(entry["message"])
+    ]  # fmt: skip
+    assert not problems, problems

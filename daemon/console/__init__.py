@@ -42,6 +42,11 @@ OPEN = web.AppKey("console_open", bool)  # no API keys: no login
 TOKEN = web.RequestKey("console_token", str)
 NEW_TOKEN = web.RequestKey("console_new_token", str)
 
+# Scripts and styles only from the console's own files (uPlot sets element styles).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 ID_RULE = "Ids are 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit."
 Handler = Any  # Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -166,6 +171,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         auth.set_cookie(request, response, auth.COOKIE, new)
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("Referrer-Policy", "same-origin")
     return response
 
