@@ -249,3 +249,23 @@ async def test_a_login_holds_on_every_replica_and_wrong_keys_block(daemons: Star
         bearer = {"Authorization": f"Bearer {ROOT}"}
         async with http.get(f"{a.api}/v1/accounts/acme", headers=bearer) as resp:
             assert resp.status == 429
+
+
+async def test_sessions_pages_of_each_partition(daemons: Start) -> None:
+    d = daemons(partitions=2)
+    async with _http() as http:
+        # acme and wayne live in different partitions of two.
+        for account in ("acme", "wayne"):
+            async with http.post(f"{d.api}/v1/sessions", json={"account_id": account}) as resp:
+                assert resp.status == 201
+        pages = []
+        for partition in (0, 1):
+            async with http.get(f"{d.api}/ui/sessions?partition={partition}") as resp:
+                pages.append(await resp.text())
+        assert all('href="?partition=1"' in page and "1 in all" in page for page in pages)
+        assert sorted(("/ui/accounts/acme" in p, "/ui/accounts/wayne" in p) for p in pages) == [
+            (False, True), (True, False)]  # fmt: skip
+        async with http.get(f"{d.api}/ui/sessions?partition=2") as resp:
+            assert resp.status == 422 and "No partition 2." in await resp.text()
+        async with http.get(f"{d.api}/ui/sessions?offset=-1") as resp:
+            assert resp.status == 422
