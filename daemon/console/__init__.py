@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ CSP = (
     "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
 ID_RULE = "Ids are 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit."
-Handler = Any  # Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def console_url(host: str, port: int) -> str:
@@ -107,7 +108,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     store = app[STORE]
     prefix = store.settings.key_prefix
     if request.path.startswith(PREFIX + "/static/"):
-        return await handler(request)  # type: ignore[no-any-return]
+        return await handler(request)
     token = request.cookies.get(auth.COOKIE)
     try:
         if app[OPEN]:
@@ -230,7 +231,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _page(request, "login.html", 401, login_csrf=nonce, title="Log in", failure=failure)
     token = await auth.new_session(store.redis, store.settings.key_prefix)
     log.info("console_login", client=address)
-    response = web.HTTPSeeOther(PREFIX + "/")
+    response = web.Response(status=303, headers={"Location": PREFIX + "/"})
     auth.set_cookie(request, response, auth.COOKIE, token)
     response.del_cookie(auth.LOGIN_COOKIE, path=PREFIX)
     return response
@@ -239,7 +240,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     await auth.end_session(store.redis, store.settings.key_prefix, request[TOKEN])
-    response = web.HTTPSeeOther(PREFIX + "/login")
+    response = web.Response(status=303, headers={"Location": PREFIX + "/login"})
     response.del_cookie(auth.COOKIE, path=PREFIX)
     return response
 
