@@ -32,7 +32,7 @@ pytest: $(STAMP)
 browser:
 	@if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; \
+	    apt-get update && apt-get install -y chromium chromium-driver; \
 	  else \
 	    echo "make browser: chromium and chromium-driver are missing (as root: apt-get install -y chromium chromium-driver)"; \
 	  fi; \
