@@ -252,6 +252,16 @@ def _gauge(metrics: Metrics, name: str) -> float | None:
     return metrics.registry.get_sample_value(name)
 
 
+def _total(metrics: Metrics, name: str) -> float:
+    """The sum of a gauge's series over its labels (the partitions)."""
+    return sum(
+        sample.value
+        for metric in metrics.registry.collect()
+        if metric.name == name
+        for sample in metric.samples
+    )
+
+
 async def overview(request: web.Request) -> web.Response:
     store, metrics = request.app[STORE], request.app[METRICS]
     counts = await reads.overview(store)
@@ -259,6 +269,7 @@ async def overview(request: web.Request) -> web.Response:
         "redis_up": _gauge(metrics, "lifecycle_redis_up") == 1,
         "ready": _gauge(metrics, "lifecycle_ready") == 1,
         "consuming": int(_gauge(metrics, "lifecycle_partitions_consumed") or 0),
+        "backlog": int(_total(metrics, "lifecycle_events_backlog")),
     }
     return _page(request, "overview.html", title="Overview", counts=counts, health=health)
 
