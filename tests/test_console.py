@@ -269,3 +269,26 @@ async def test_sessions_pages_of_each_partition(daemons: Start) -> None:
             assert resp.status == 422 and "No partition 2." in await resp.text()
         async with http.get(f"{d.api}/ui/sessions?offset=-1") as resp:
             assert resp.status == 422
+
+
+async def test_pages_of_fifty(daemons: Start) -> None:
+    d = daemons()
+    async with _http() as http:
+        async with http.put(f"{d.api}/v1/accounts/big", json={"plan": "enterprise"}) as resp:
+            assert resp.status == 200
+        for i in range(60):
+            body = {"account_id": "big", "session_id": f"s{i:02d}",
+                    "inactivity_timeout_seconds": 100 + i}  # fmt: skip
+            async with http.post(f"{d.api}/v1/sessions", json=body) as resp:
+                assert resp.status == 201
+        async with http.get(f"{d.api}/ui/sessions") as resp:
+            first = await resp.text()
+        async with http.get(f"{d.api}/ui/sessions?partition=0&offset=50") as resp:
+            second = await resp.text()
+        rows = [re.findall(r'<tr data-session="(s\d\d)">', page) for page in (first, second)]
+        # Soonest deadline first: the sessions in the order of their inactivity timeouts.
+        assert rows == [[f"s{i:02d}" for i in range(50)], [f"s{i:02d}" for i in range(50, 60)]]
+        assert "offset=50" in first and "later" in first and "later" not in second
+        async with http.get(f"{d.api}/ui/accounts/big") as resp:
+            page = await resp.text()
+        assert "Live sessions (60)" in page and len(re.findall(r"<tr data-session=", page)) == 60
