@@ -32,11 +32,13 @@
 
   function chart(el, title, names, columns) {
     var width = Math.max(260, el.clientWidth);
+    var t = columns[0];
     var axis = { stroke: css("--muted"), grid: { stroke: css("--line") }, ticks: { stroke: css("--line") } };
     var series = [{}].concat(names.map(function (n, i) {
       return { label: n, stroke: palette[i % palette.length], width: 2, spanGaps: true };
     }));
-    var now = Date.now() / 1000;
+    // The daemon's clock, not the browser's: the last point is "now".
+    var now = t.length ? t[t.length - 1] : Date.now() / 1000;
     var opts = {
       width: width, height: 200, series: series, axes: [axis, axis], legend: { show: true },
       // Always the last hour, from zero up: a fresh daemon's single point reads well too.
