@@ -8,9 +8,6 @@ command that may grow memory is refused with ``OOM``, as on a server that filled
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from daemon.scripts import SCRIPT_NAMES
 from daemon.settings import Settings
 from daemon.webhook_store import WEBHOOK_GROUP, Outgoing, WebhookStore
 from tests.conftest import Harness
+from tests.faults import http_json, not_ready
 from tests.servers import Daemon, ValkeyProcess, eventually
 
 
@@ -136,23 +134,6 @@ async def test_no_script_leaves_a_partial_write_when_out_of_memory(client: Any) 
     assert not refused & {"get_session", "list_sessions", "get_account", "get_timeline"}
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def not_ready(d: Daemon) -> Any:
-    """The body of ``/readyz`` while it answers 503, else None."""
-    status, body = _http("GET", f"http://127.0.0.1:{d.metrics_port}/readyz")
-    return body if status == 503 else None
-
-
 async def test_daemon_out_of_memory_is_not_ready_refuses_writes_and_recovers(
     client: Any, server: ValkeyProcess, tmp_path: Path
 ) -> None:
@@ -165,18 +146,21 @@ async def test_daemon_out_of_memory_is_not_ready_refuses_writes_and_recovers(
         acked = []
         for n in range(5):
             status, body = await asyncio.to_thread(
-                _http, "POST", api, {"account_id": f"acme{n}", "inactivity_timeout_seconds": 600}
+                http_json,
+                "POST",
+                api,
+                {"account_id": f"acme{n}", "inactivity_timeout_seconds": 600},
             )
             assert status == 201
             acked.append(body["session_id"])
 
         await client.config_set("maxmemory", "1")
-        status, body = await asyncio.to_thread(_http, "POST", api, {"account_id": "acme"})
+        status, body = await asyncio.to_thread(http_json, "POST", api, {"account_id": "acme"})
         assert status == 503
         assert body == {"error": "unavailable", "message": "Redis refuses writes: it is out of "
                         "memory (maxmemory reached); retry shortly."}  # fmt: skip
         # Reads are still answered (their request is not counted); readiness says why not.
-        assert (await asyncio.to_thread(_http, "GET", f"{api}/{acked[0]}"))[0] == 200
+        assert (await asyncio.to_thread(http_json, "GET", f"{api}/{acked[0]}"))[0] == 200
         ready = await eventually(lambda: asyncio.to_thread(not_ready, d), what="not ready")
         assert "out of memory" in ready["reason"], ready
         assert "Traceback" not in d.log()
@@ -184,11 +168,11 @@ async def test_daemon_out_of_memory_is_not_ready_refuses_writes_and_recovers(
         await client.config_set("maxmemory", "0")
         await eventually(lambda: asyncio.to_thread(d.ready), what="ready again")
         status, body = await asyncio.to_thread(
-            _http, "POST", api, {"account_id": "acme", "inactivity_timeout_seconds": 1}
+            http_json, "POST", api, {"account_id": "acme", "inactivity_timeout_seconds": 1}
         )
         assert status == 201
         for sid in acked:
-            status, session = await asyncio.to_thread(_http, "GET", f"{api}/{sid}")
+            status, session = await asyncio.to_thread(http_json, "GET", f"{api}/{sid}")
             assert status == 200 and session["status"] == "ready"
         # Expiry works again: the new session is terminated once.
         commands = await eventually(lambda: client.xrange("lifecycle:{0}:commands"),
