@@ -23,6 +23,9 @@ def http_json(method: str, url: str, body: dict[str, Any] | None = None) -> tupl
 
 
 def not_ready(d: Daemon) -> Any:
-    """The body of ``/readyz`` while it answers 503, else None."""
-    status, body = http_json("GET", f"http://127.0.0.1:{d.metrics_port}/readyz")
+    """The body of ``/readyz`` while it answers 503, else None (also while not listening)."""
+    try:
+        status, body = http_json("GET", f"http://127.0.0.1:{d.metrics_port}/readyz")
+    except OSError:  # URLError: not listening yet
+        return None
     return body if status == 503 else None
