@@ -25,6 +25,12 @@ from tests.conftest import Harness
 from tests.faults import http_json, not_ready
 from tests.servers import Daemon, ValkeyProcess, eventually
 
+COMMANDS = "lifecycle:{0}:commands"
+
+
+async def _after(server_ms: Any, ms: int) -> bool:
+    return bool(await server_ms() > ms)
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyProcess]:
@@ -153,6 +159,11 @@ async def test_daemon_out_of_memory_is_not_ready_refuses_writes_and_recovers(
             )
             assert status == 201
             acked.append(body["session_id"])
+        # Due while memory is short: its termination waits, with its own deadline.
+        status, due = await asyncio.to_thread(
+            http_json, "POST", api, {"account_id": "acme9", "inactivity_timeout_seconds": 1}
+        )
+        assert status == 201
 
         await client.config_set("maxmemory", "1")
         status, body = await asyncio.to_thread(http_json, "POST", api, {"account_id": "acme"})
@@ -165,6 +176,16 @@ async def test_daemon_out_of_memory_is_not_ready_refuses_writes_and_recovers(
         assert "out of memory" in ready["reason"], ready
         assert "Traceback" not in d.log()
 
+        async def server_ms() -> int:
+            sec, usec = await client.time()
+            return int(sec) * 1000 + int(usec) // 1000
+
+        record = await client.hmget(f"lifecycle:{{0}}:s:{due['session_id']}", "c")
+        due_ms = int(record[0]) + 1000
+        await eventually(lambda: _after(server_ms, due_ms + 300), what="the deadline passed")
+        assert await client.xlen(COMMANDS) == 0  # nothing terminated while writes are refused
+
+        lifted_ms = await server_ms()
         await client.config_set("maxmemory", "0")
         await eventually(lambda: asyncio.to_thread(d.ready), what="ready again")
         status, body = await asyncio.to_thread(
@@ -174,9 +195,19 @@ async def test_daemon_out_of_memory_is_not_ready_refuses_writes_and_recovers(
         for sid in acked:
             status, session = await asyncio.to_thread(http_json, "GET", f"{api}/{sid}")
             assert status == 200 and session["status"] == "ready"
-        # Expiry works again: the new session is terminated once.
-        commands = await eventually(lambda: client.xrange("lifecycle:{0}:commands"),
-                                    what="the terminate command")  # fmt: skip
-        assert [c[1][b"session_id"].decode() for c in commands] == [body["session_id"]]
+
+        # Expiry works again: the overdue session and the new one are terminated once each,
+        # the overdue one with its own deadline.
+        async def two_commands() -> Any:
+            commands = await client.xrange(COMMANDS)
+            return commands if len(commands) >= 2 else None
+
+        commands = [c for _, c in await eventually(two_commands, what="two terminate commands")]
+        assert [c[b"session_id"].decode() for c in commands] == [due["session_id"],
+                                                                 body["session_id"]]  # fmt: skip
+        first = commands[0]
+        assert first[b"reason"] == b"inactivity" and int(first[b"deadline"]) == due_ms
+        assert int(first[b"emitted_at"]) >= lifted_ms
+        assert len(await client.xrange(COMMANDS)) == 2
     finally:
         d.stop()
