@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from daemon.embedded import EmbeddedValkey
 from tests.faults import http_json, not_ready
 from tests.servers import Daemon, eventually
 
 FS_BYTES = 8 * 1024 * 1024
+COMMANDS = "lifecycle:{0}:commands"
 
 
 @pytest.fixture
@@ -79,6 +82,16 @@ async def test_disk_full_is_not_ready_refuses_writes_loses_nothing_and_recovers(
             status, body = await asyncio.to_thread(_create, d.api, n)
             assert status == 201
             acked.append(body["session_id"])
+        # Due while the disk is full: its termination waits, with its own deadline.
+        status, due = await asyncio.to_thread(
+            http_json, "POST", f"{d.api}/v1/sessions",
+            {"account_id": "acct-due", "inactivity_timeout_seconds": 1},
+        )  # fmt: skip
+        assert status == 201
+        server = aioredis.Redis.from_url(EmbeddedValkey(small_fs).url)
+        [created] = await server.hmget(f"lifecycle:{{0}}:s:{due['session_id']}", "c")
+        assert created is not None
+        due_ms = int(created) + 1000
 
         filler = small_fs / "filler"
         started = time.monotonic()
@@ -103,6 +116,13 @@ async def test_disk_full_is_not_ready_refuses_writes_loses_nothing_and_recovers(
         status, body = await asyncio.to_thread(http_json, "GET", f"{d.api}/v1/sessions/{acked[0]}")
         assert status == 200
 
+        async def past_due() -> bool:
+            sec, usec = await server.time()  # reads are served on a full disk
+            return int(sec) * 1000 + int(usec) // 1000 > due_ms + 300
+
+        await eventually(past_due, what="the deadline passed")
+        assert await server.xlen(COMMANDS) == 0  # nothing terminated while writes fail
+
         filler.unlink()
         freed = time.monotonic()
         await eventually(lambda: asyncio.to_thread(d.ready), timeout=15, what="ready again")
@@ -110,12 +130,20 @@ async def test_disk_full_is_not_ready_refuses_writes_loses_nothing_and_recovers(
         status, body = await asyncio.to_thread(_create, d.api, 100)
         assert status == 201
         acked.append(body["session_id"])
+        [(_, command)] = await eventually(lambda: server.xrange(COMMANDS), what="the terminate")
+        assert command[b"session_id"].decode() == due["session_id"]
+        assert command[b"reason"] == b"inactivity" and int(command[b"deadline"]) == due_ms
+        await server.aclose()
         # Everything acknowledged survives a restart from the append-only file.
         assert d.stop() == 0
         d.start()
         for sid in acked:
             status, body = await asyncio.to_thread(http_json, "GET", f"{d.api}/v1/sessions/{sid}")
             assert status == 200 and body["status"] == "ready", (sid, body)
+        status, body = await asyncio.to_thread(
+            http_json, "GET", f"{d.api}/v1/sessions/{due['session_id']}"
+        )
+        assert body["status"] == "terminated" and body["termination_reason"] == "inactivity"
         assert "Traceback" not in d.log()
         print(
             f"disk full: refused {refused_after:.2f} s after filling, "
