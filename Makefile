@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest browser chaos bench clean
+.PHONY: install run test lint typecheck pytest browser chaos bench clean tls-server
 
 install: $(STAMP)
 
@@ -24,19 +24,27 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) tls-server
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-# The console's browser test (tests/test_console_browser.py) drives Debian's Chromium.
-# As root, install it when missing; otherwise that test fails saying what is missing.
+# tests/test_tls.py needs a Redis built with TLS, which the bundled valkey-server is not:
+# Debian's redis-tools (its redis-check-rdb is redis-server under another name), with apt
+# as root. Otherwise that test fails with one line saying so.
+APT_REDIS = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-tools
+tls-server:
+	@command -v redis-check-rdb >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { $(APT_REDIS) || { apt-get update -q && $(APT_REDIS); }; } >/dev/null 2>&1; } || \
+	  echo "tls-server: cannot install Debian's redis-tools (needs root and apt-get)"
+
+# The console's browser test (tests/test_console_browser.py) drives Debian's Chromium and
+# chromedriver, with apt as root. Otherwise that test fails with one line saying so.
+APT_BROWSER = DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 browser:
-	@if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update && apt-get install -y chromium chromium-driver; \
-	  else \
-	    echo "make browser: chromium and chromium-driver are missing (as root: apt-get install -y chromium chromium-driver)"; \
-	  fi; \
-	fi
+	@{ [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/chromium ]; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { $(APT_BROWSER) || { apt-get update -q && $(APT_BROWSER); }; } >/dev/null 2>&1; } || \
+	  echo "browser: cannot install Debian's chromium and chromium-driver (needs root and apt-get)"
 
 test: lint typecheck browser pytest
 
