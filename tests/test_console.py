@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from daemon.console.charts import quantile, read_sample, series
 from daemon.metrics import Metrics
 from daemon.webhook_endpoints import Endpoints
-from tests.servers import Daemon, eventually
+from tests.servers import Daemon, ValkeyProcess, eventually
 
 Start = Callable[..., Daemon]
 ROOT, ACME = "console-root-key", "console-acme-key"
@@ -47,8 +47,12 @@ async def _login(http: aiohttp.ClientSession, api: str, key: str) -> aiohttp.Cli
     )
 
 
-async def test_login_csrf_terminate_and_extend(redis: Any, daemons: Start) -> None:
-    d = daemons(api_keys=_keys())
+async def test_login_csrf_terminate_and_extend(
+    redis: Any, valkey: ValkeyProcess, daemons: Start
+) -> None:
+    # As config/redis-users.acl's least-privileged user: the console needs nothing more.
+    await redis.acl_log_reset()
+    d = daemons(api_keys=_keys(), redis_url=valkey.url_as("lifecycled"))
     bearer = {"Authorization": f"Bearer {ROOT}"}
     async with _http() as http:
         async with http.get(f"{d.api}/ui", allow_redirects=False) as resp:
@@ -128,10 +132,14 @@ async def test_login_csrf_terminate_and_extend(redis: Any, daemons: Start) -> No
     # The key never reaches the log; the console's address is there.
     assert ROOT not in d.log() and ACME not in d.log()
     assert f"http://127.0.0.1:{d.http_port}/ui/" in d.log()
+    assert await redis.acl_log() == []
 
 
-async def test_open_console_pages_and_dead_letters(redis: Any, daemons: Start) -> None:
-    d = daemons()
+async def test_open_console_pages_and_dead_letters(
+    redis: Any, valkey: ValkeyProcess, daemons: Start
+) -> None:
+    await redis.acl_log_reset()
+    d = daemons(redis_url=valkey.url_as("lifecycled"))
     async with _http() as http:
         sids = []
         for account in ("acme", "acme", "globex"):
@@ -205,6 +213,7 @@ async def test_open_console_pages_and_dead_letters(redis: Any, daemons: Start) -
         assert await redis.xlen(dead) == 0
     # The open console keeps no logins in Redis.
     assert await redis.keys("lifecycle:console:*") == []
+    assert await redis.acl_log() == []
 
 
 def test_chart_series_from_the_registry() -> None:

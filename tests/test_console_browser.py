@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.servers import Daemon
+from tests.servers import Daemon, ValkeyProcess
 
 Start = Callable[..., Daemon]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -90,9 +90,10 @@ class Shots:
 
 
 async def test_console_in_a_browser(
-    redis: Any, daemons: Start, browser: webdriver.Chrome, tmp_path: Path
+    redis: Any, valkey: ValkeyProcess, daemons: Start, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    d = daemons(api_keys=hashlib.sha256(KEY.encode()).hexdigest() + ":admin")
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    d = daemons(api_keys=f"{digest}:admin", redis_url=valkey.url_as("lifecycled"))
     bearer = {"Authorization": f"Bearer {KEY}"}
     async with aiohttp.ClientSession(headers=bearer) as http:
         sids = []

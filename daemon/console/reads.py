@@ -146,7 +146,7 @@ async def _recent_dead(store: Store, webhook_id: str) -> list[DeadDelivery]:
     """The endpoint's most recent dead deliveries, newest first (a few per partition)."""
     pipe = store.redis.pipeline(transaction=False)
     for pk in store.partitions:
-        pipe.zrevrange(pk.webhook_dead(webhook_id), 0, DEAD_SHOWN - 1, withscores=True)
+        pipe.zrange(pk.webhook_dead(webhook_id), -DEAD_SHOWN, -1, withscores=True)
     found = [
         (pk, _text(member), int(score))
         for pk, members in zip(store.partitions, await pipe.execute(), strict=True)
