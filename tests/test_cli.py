@@ -314,3 +314,27 @@ async def _exists(client: LifecycleClient, session_id: str) -> Any:
         return await client.status(session_id)
     except SessionNotFound:
         return None
+
+
+async def test_two_replicas_replaying_one_dead_letter_replay_it_once(
+    redis: Any, daemons: Start
+) -> None:
+    a, b = daemons(), daemons()
+    fields = {"type": "created", "session_id": "ses_once", "account_id": "acme", "error": "x"}
+    entry = (await redis.xadd("lifecycle:{0}:dead", fields)).decode()
+    results = await asyncio.gather(*(
+        cli("dead-letters", "replay", f"0:{entry}", "--api", d.api) for d in (a, b, a, b)
+    ))  # fmt: skip
+    assert sorted(r.code for r in results) == [0, 3, 3, 3], results
+    async with LifecycleClient(a.api) as client:
+        status = await eventually(lambda: _exists(client, "ses_once"), what="the session")
+    assert status.account_id == "acme" and await redis.xlen("lifecycle:{0}:dead") == 0
+    # Replayed twice, the second create would be reported as rejected (409).
+    await eventually(lambda: _applied(redis), what="the events applied")
+    commands = await redis.xrange("lifecycle:{0}:commands")
+    assert [c for _, c in commands if c.get(b"type") == b"rejected"] == []
+
+
+async def _applied(redis: Any) -> bool:
+    [group] = await redis.xinfo_groups("lifecycle:{0}:events")
+    return bool(group["pending"] == 0 and group["lag"] == 0)
