@@ -157,6 +157,9 @@ async def test_open_console_pages_and_dead_letters(
         assert sids[0] in page and sids[1] in page and sids[2] not in page
         async with http.get(f"{d.api}/ui/sessions", params={"q": "nobody"}) as resp:
             assert "No session has the id <strong>nobody</strong>" in await resp.text()
+        async with http.get(f"{d.api}/ui/sessions", params={"q": "no/such id"}) as resp:
+            page = await resp.text()
+        assert "Ids are 1-128 characters" in page and "No session has" not in page
         async with http.get(f"{d.api}/ui/accounts") as resp:
             page = await resp.text()
         assert "/ui/accounts/acme" in page and "/ui/accounts/globex" in page

@@ -305,7 +305,7 @@ async def sessions(request: web.Request) -> web.StreamResponse:
                 request,
                 "sessions.html",
                 views=[],
-                searched=True,
+                searched=False,
                 error=ID_RULE,
                 **context,
             )
