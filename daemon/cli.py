@@ -92,9 +92,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon import redis_cli
+
     settings = _settings_or_exit(args.config)
-    print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
+    # Not a setting: how the bundled valkey-cli reaches the server these settings name.
+    shown = {**settings.redacted(), "redis_cli": redis_cli.describe(settings)}
+    print(json.dumps(shown, indent=2, sort_keys=True))
     return 0
+
+
+def cmd_redis_url(args: argparse.Namespace) -> int:
+    from daemon import redis_cli
+
+    print(redis_cli.target(_settings_or_exit(args.config)).url)
+    return 0
+
+
+def cmd_redis_cli(argv: list[str]) -> int:
+    """``lifecycled redis-cli [--config PATH] [--] [ARGS...]``: every other argument is
+    valkey-cli's own, ``--help`` included."""
+    from daemon import redis_cli
+
+    config = None
+    if argv[:1] == ["--config"] and len(argv) > 1:
+        config, argv = argv[1], argv[2:]
+    elif argv[:1] and argv[0].startswith("--config="):
+        config, argv = argv[0].split("=", 1)[1], argv[1:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    settings = _settings_or_exit(config)
+    try:
+        redis_cli.exec_cli(settings, argv)
+    except (redis_cli.RedisCliError, EmbeddedError, OSError) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    return EXIT_OK  # pragma: no cover (exec does not return)
 
 
 # The API commands
@@ -507,11 +538,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="PATH", help="TOML settings file")
     check.set_defaults(func=cmd_check_config)
 
+    cli = sub.add_parser(
+        "redis-cli",
+        help="run the bundled valkey-cli on the configured Redis (valkey-cli's arguments)",
+        add_help=False,
+    )
+    cli.add_argument("--config", metavar="PATH", help="TOML settings file")
+    cli.add_argument("args", nargs=argparse.REMAINDER, help="valkey-cli's arguments")
+
+    url = sub.add_parser(
+        "redis-url", help="print the configured Redis URL (embedded: its unix:// socket)"
+    )
+    url.add_argument("--config", metavar="PATH", help="TOML settings file")
+    url.set_defaults(func=cmd_redis_url)
+
     _add_api_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["redis-cli"]:
+        # Passed through untouched: valkey-cli's options are not ours to parse.
+        return cmd_redis_cli(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         code: int = args.func(args)
