@@ -374,18 +374,24 @@ async def api_events(client: LifecycleClient, args: argparse.Namespace) -> int:
 
 
 async def api_sessions(client: LifecycleClient, args: argparse.Namespace) -> int:
-    sessions = await client.sessions(args.account)
+    if args.account is None:
+        # Every account's: read a page at a time (an admin key).
+        sessions = [s async for s in client.all_sessions(page_size=args.page_size)]
+    else:
+        sessions = await client.sessions(args.account)
     if args.json:
         _print_json({"sessions": [s.raw for s in sessions]})
         return EXIT_OK
     if not sessions:
-        print(f"no live sessions for account {args.account}")
+        print("no live sessions" + ("" if args.account is None else f" for account {args.account}"))
         return EXIT_OK
     now = datetime.now(UTC)
-    table = [("SESSION", "STATUS", "PLAN", "CREATED", "TERMINATES")]
+    every = args.account is None  # then an ACCOUNT column first
+    table = [(*(["ACCOUNT"] * every), "SESSION", "STATUS", "PLAN", "CREATED", "TERMINATES")]
     for s in sessions:
         table.append(
             (
+                *([s.account_id] * every),
                 s.session_id,
                 s.status,
                 s.plan,
@@ -507,8 +513,16 @@ def _add_api_commands(sub: Any) -> None:
     terminate = command("terminate", "terminate a session", api_terminate)
     terminate.add_argument("session_id", metavar="ID")
 
-    sessions = command("sessions", "list an account's live sessions", api_sessions)
-    sessions.add_argument("account", metavar="ACCOUNT")
+    sessions = command(
+        "sessions", "list an account's live sessions (no ACCOUNT: every account's)", api_sessions
+    )
+    sessions.add_argument(
+        "account", metavar="ACCOUNT", nargs="?", help="default: all accounts (an admin key)"
+    )
+    sessions.add_argument(
+        "--page-size", type=_positive_int, metavar="N",
+        help="sessions per request when listing all accounts (default: the server's, 100)",
+    )  # fmt: skip
 
     account = command("account", "show an account, or set its plan and billing status", api_account)
     account.add_argument("account", metavar="ACCOUNT")

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import structlog
@@ -490,6 +490,31 @@ class LifecycleClient:
     async def sessions(self, account_id: str) -> list[SessionStatus]:
         """The account's live sessions."""
         return await self._list(_account_path(account_id) + "/sessions", "sessions", SessionStatus)
+
+    async def sessions_page(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> tuple[list[SessionStatus], str | None]:
+        """One page of every account's live sessions (``GET /v1/sessions``, an admin key)
+        and the cursor of the next page, passed back as ``after`` (None: the last page)."""
+        query = urlencode(_without_none(after=after, limit=limit))
+        path = "/v1/sessions" + (f"?{query}" if query else "")
+        data = await self._request("GET", path)
+        try:
+            page = [SessionStatus.from_api(item) for item in data["sessions"]]
+            cursor = data["next"]
+        except (ValidationError, KeyError, TypeError) as exc:
+            raise _bad_answer(path, exc) from None
+        return page, None if cursor is None else str(cursor)
+
+    async def all_sessions(self, *, page_size: int | None = None) -> AsyncIterator[SessionStatus]:
+        """Every live session, a page (about ``page_size``) per request."""
+        after: str | None = None
+        while True:
+            page, after = await self.sessions_page(after=after, limit=page_size)
+            for status in page:
+                yield status
+            if after is None:
+                return
 
     async def account(self, account_id: str) -> Account:
         return await self._account("GET", account_id, None)
