@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.client import LifecycleClient, SessionNotFound
+from daemon.plans import PACKAGED_PLANS_FILE
 from tests.servers import Daemon, eventually
 
 Start = Callable[..., Daemon]
@@ -51,15 +52,20 @@ async def test_cli_example(daemons: Start) -> None:
     assert "Traceback" not in err
 
 
-async def test_sdk_example(daemons: Start) -> None:
-    d = daemons()
-    client_example = blocks("Using the SDK", "python")[0]
-    code, out, err = await run(sys.executable, "-c", client_example.replace(EXAMPLE_API, d.api))
-    assert code == 0, err
-    lines = out.splitlines()
-    assert re.fullmatch(r"ses_\S+ ready \S+ \S+", lines[0]), lines
-    assert lines[1:3] == ["requested", "404 session_not_found"], lines
-    assert re.fullmatch(r"retry in [0-9.]+ s", lines[3]), lines
+async def test_sdk_example_runs_twice_on_a_free_account(daemons: Start) -> None:
+    """It cleans up after itself: a second run at once is not refused (shipped plans)."""
+    d = daemons(plans_file=PACKAGED_PLANS_FILE)
+    example = blocks("Using the SDK", "python")[0].replace(EXAMPLE_API, d.api)
+    for _ in range(2):
+        code, out, err = await run(sys.executable, "-c", example)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert re.fullmatch(r"ses_\S+ ready \S+ \S+", lines[0]), lines
+        assert lines[1:3] == ["requested", "404 session_not_found"], lines
+        assert re.fullmatch(r"retry in [0-9.]+ s", lines[3]), lines
+        assert len(lines) == 4, lines
+    async with LifecycleClient(d.api) as client:
+        assert await client.sessions("acme") == []
 
 
 async def test_stream_examples_against_the_embedded_server(tmp_path: Path) -> None:
