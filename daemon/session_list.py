@@ -21,14 +21,18 @@ from daemon.store import SessionView, Store
 _CURSOR = re.compile(r"([0-9]{1,6}):([0-9]{1,20})")
 
 
-def _cursor(store: Store, after: str | None) -> tuple[int, str]:
+def _cursor(after: str | None) -> tuple[int, str]:
+    """A well-formed cursor that no page can have given (a partition past the last, a
+    ZSCAN cursor beyond 64 bits) is past the end of what it names, not an error."""
     if not after:
         return 0, "0"
     match = _CURSOR.fullmatch(after)
-    if match is None or int(match[1]) >= len(store.partitions):
+    if match is None:
         raise errors.InvalidRequest(
             "after must be the next cursor of the previous page, such as 0:17."
         )
+    if int(match[2]) >= 2**64:
+        return int(match[1]) + 1, "0"
     return int(match[1]), match[2]
 
 
@@ -36,9 +40,11 @@ async def list_page(
     store: Store, after: str | None, limit: int
 ) -> tuple[list[SessionView], str | None]:
     """About ``limit`` live sessions from the cursor on, and the next cursor (None: the end)."""
-    partition, cursor = _cursor(store, after)
+    partition, cursor = _cursor(after)
     found: list[SessionView] = []
     seen: set[str] = set()
+    if partition >= len(store.partitions):
+        return found, None
     while len(found) < limit:
         views, cursor = await store.live_sessions_step(partition, cursor, limit - len(found))
         found += [v for v in views if v.record.session_id not in seen]
