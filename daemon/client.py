@@ -721,7 +721,7 @@ class ManagedSession:
             try:
                 self._learned(await self.client.status(self.session_id))
                 return
-            except (SessionNotFound, ConnectionFailed, ServiceUnavailable) as failed:
+            except LifecycleClientError as failed:  # terminated, but its end is unreadable
                 exc = failed
         self._gone(exc)
         self._end_block()
