@@ -104,7 +104,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_redis_url(args: argparse.Namespace) -> int:
     from daemon import redis_cli
 
-    print(redis_cli.target(_settings_or_exit(args.config)).url)
+    print(redis_cli.server_url(_settings_or_exit(args.config)))
     return 0
 
 

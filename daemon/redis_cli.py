@@ -28,7 +28,6 @@ class RedisCliError(RuntimeError):
 class CliTarget:
     """How ``valkey-cli`` reaches the configured server."""
 
-    url: str  # the URL the daemon connects to (password included)
     args: list[str]  # valkey-cli's connection options
     socket: Path | None = None  # the embedded server's unix socket
     env: dict[str, str] = field(default_factory=dict)  # REDISCLI_AUTH when there is a password
@@ -38,11 +37,19 @@ class CliTarget:
         return shlex.join([binary, *self.args])
 
 
+def server_url(settings: Settings) -> str:
+    """The URL the daemon connects to: ``redis_url`` (password included), or the embedded
+    server's ``unix://`` socket."""
+    if settings.redis_url is None:
+        return EmbeddedValkey(settings.data_dir).url
+    return settings.redis_url.get_secret_value()
+
+
 def target(settings: Settings) -> CliTarget:
     if settings.redis_url is None:
         embedded = EmbeddedValkey(settings.data_dir)
         sock = embedded.socket_path
-        return CliTarget(embedded.url, ["-s", str(sock)], socket=sock)
+        return CliTarget(["-s", str(sock)], socket=sock)
     url = settings.redis_url.get_secret_value()
     parts = urlsplit(url)
     if parts.scheme == "rediss" and not _has_tls(valkey_binary("valkey-cli")):
@@ -71,7 +78,7 @@ def target(settings: Settings) -> CliTarget:
     if settings.redis_cluster:
         args.append("-c")
     env = {"REDISCLI_AUTH": unquote(parts.password)} if parts.password else {}
-    return CliTarget(url, args, env=env)
+    return CliTarget(args, env=env)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
