@@ -375,6 +375,17 @@ async def test_cancel_on_terminate_ends_the_block_with_session_terminated(
         await read_after_termination()
     assert read.value.session is not None and read.value.session.status == "terminated"
 
+    # A status read in another task (a watcher the block started) cancels the block.
+    async def watched() -> None:
+        async with client.session("acme", cancel_on_terminate=True) as session:
+            await client.terminate(session.session_id)
+            watcher = asyncio.ensure_future(session.status())
+            await asyncio.Event().wait()
+        await watcher
+
+    with pytest.raises(SessionTerminated):
+        await asyncio.wait_for(watched(), timeout=10)
+
     # Cancelled from outside, the block still ends with CancelledError, not the opt-in's error.
     ids.clear()
     started.clear()
