@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest browser chaos bench clean tls-server
+.PHONY: install run test lint typecheck security pytest browser chaos bench clean tls-server
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# What ships (daemon/): no findings, or a `# nosec <test>` with its reason on the line.
+security: $(STAMP)
+	$(BIN)/bandit -q -r daemon
 
 pytest: $(STAMP) tls-server
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -46,7 +50,7 @@ browser:
 	    { $(APT_BROWSER) || { apt-get update -q && $(APT_BROWSER); }; } >/dev/null 2>&1; } || \
 	  echo "browser: cannot install Debian's chromium and chromium-driver (needs root and apt-get)"
 
-test: lint typecheck browser pytest
+test: lint typecheck security browser pytest
 
 # A longer chaos run than the one inside `make test`: make chaos SECONDS=600
 SECONDS ?= 300

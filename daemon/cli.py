@@ -92,9 +92,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon import redis_cli
+
     settings = _settings_or_exit(args.config)
-    print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
+    # Not a setting: how the bundled valkey-cli reaches the server these settings name.
+    shown = {**settings.redacted(), "redis_cli": redis_cli.describe(settings)}
+    print(json.dumps(shown, indent=2, sort_keys=True))
     return 0
+
+
+def cmd_redis_url(args: argparse.Namespace) -> int:
+    from daemon import redis_cli
+
+    print(redis_cli.server_url(_settings_or_exit(args.config)))
+    return 0
+
+
+def cmd_redis_cli(argv: list[str]) -> int:
+    """``lifecycled redis-cli [--config PATH] [--] [ARGS...]``: every other argument is
+    valkey-cli's own, ``--help`` included."""
+    from daemon import redis_cli
+
+    config = None
+    if argv[:1] == ["--config"] and len(argv) > 1:
+        config, argv = argv[1], argv[2:]
+    elif argv[:1] and argv[0].startswith("--config="):
+        config, argv = argv[0].split("=", 1)[1], argv[1:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    settings = _settings_or_exit(config)
+    try:
+        redis_cli.exec_cli(settings, argv)
+    except (redis_cli.RedisCliError, EmbeddedError, OSError) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    return EXIT_OK  # pragma: no cover (exec does not return)
 
 
 # The API commands
@@ -343,18 +374,24 @@ async def api_events(client: LifecycleClient, args: argparse.Namespace) -> int:
 
 
 async def api_sessions(client: LifecycleClient, args: argparse.Namespace) -> int:
-    sessions = await client.sessions(args.account)
+    if args.account is None:
+        # Every account's: read a page at a time (an admin key).
+        sessions = [s async for s in client.all_sessions(page_size=args.page_size)]
+    else:
+        sessions = await client.sessions(args.account)
     if args.json:
         _print_json({"sessions": [s.raw for s in sessions]})
         return EXIT_OK
     if not sessions:
-        print(f"no live sessions for account {args.account}")
+        print("no live sessions" + ("" if args.account is None else f" for account {args.account}"))
         return EXIT_OK
     now = datetime.now(UTC)
-    table = [("SESSION", "STATUS", "PLAN", "CREATED", "TERMINATES")]
+    every = args.account is None  # then an ACCOUNT column first
+    table = [(*(["ACCOUNT"] * every), "SESSION", "STATUS", "PLAN", "CREATED", "TERMINATES")]
     for s in sessions:
         table.append(
             (
+                *([s.account_id] * every),
                 s.session_id,
                 s.status,
                 s.plan,
@@ -522,8 +559,16 @@ def _add_api_commands(sub: Any) -> None:
     terminate = command("terminate", "terminate a session", api_terminate)
     terminate.add_argument("session_id", metavar="ID")
 
-    sessions = command("sessions", "list an account's live sessions", api_sessions)
-    sessions.add_argument("account", metavar="ACCOUNT")
+    sessions = command(
+        "sessions", "list an account's live sessions (no ACCOUNT: every account's)", api_sessions
+    )
+    sessions.add_argument(
+        "account", metavar="ACCOUNT", nargs="?", help="default: all accounts (an admin key)"
+    )
+    sessions.add_argument(
+        "--page-size", type=_positive_int, metavar="N",
+        help="sessions per request when listing all accounts (default: the server's, 100)",
+    )  # fmt: skip
 
     dead = sub.add_parser(
         "dead-letters",
@@ -571,11 +616,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="PATH", help="TOML settings file")
     check.set_defaults(func=cmd_check_config)
 
+    cli = sub.add_parser(
+        "redis-cli",
+        help="run the bundled valkey-cli on the configured Redis (valkey-cli's arguments)",
+        add_help=False,
+    )
+    cli.add_argument("--config", metavar="PATH", help="TOML settings file")
+    cli.add_argument("args", nargs=argparse.REMAINDER, help="valkey-cli's arguments")
+
+    url = sub.add_parser(
+        "redis-url", help="print the configured Redis URL (embedded: its unix:// socket)"
+    )
+    url.add_argument("--config", metavar="PATH", help="TOML settings file")
+    url.set_defaults(func=cmd_redis_url)
+
     _add_api_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["redis-cli"]:
+        # Passed through untouched: valkey-cli's options are not ours to parse.
+        return cmd_redis_cli(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         code: int = args.func(args)
