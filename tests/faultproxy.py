@@ -139,6 +139,8 @@ class FaultProxy:
         tasks = [asyncio.ensure_future(upward()), asyncio.ensure_future(downward())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing: end this connection like any other
         finally:
             for task in tasks:
                 task.cancel()

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.chaos import Report
-from tests.netchaos import LOST_REPLY_SCRIPTS, run_net_chaos
+from tests.faultproxy import FaultProxy
+from tests.netchaos import LOST_REPLY_SCRIPTS, run_net_chaos, script_sha
 from tests.netns import PREFIX, NetFaultUnavailable, NetLab
+from tests.servers import Daemon, ValkeyProcess
 
 SECONDS = float(os.environ.get("LIFECYCLE_NETCHAOS_SECONDS", "8"))
 
@@ -124,3 +129,57 @@ async def test_lost_replies_of_scripts(tmp_path: Path) -> None:
     _, chaos = await _run("lost_replies", tmp_path)
     lost = {name for proxy in chaos.proxies for name in proxy.lost}  # type: ignore[attr-defined]
     assert lost == set(LOST_REPLY_SCRIPTS)
+
+
+# A create whose reply from Redis was lost
+
+
+async def test_create_whose_redis_reply_was_lost_answers_with_the_session(
+    redis: Any, valkey: ValkeyProcess, daemons: Callable[..., Daemon]
+) -> None:
+    host, port = valkey.url.removeprefix("redis://").removesuffix("/0").split(":")
+    proxy = FaultProxy(host, int(port)).start()
+    try:
+        daemon = daemons(redis_url=proxy.url)
+        async with aiohttp.ClientSession() as http:
+            proxy.lose_replies("create", script_sha("create_session"), every=1, limit=2)
+            body = {"account_id": "acme", "session_id": "lost-reply-1", "timeout_seconds": 60}
+            async with http.post(daemon.api + "/v1/sessions", json=body) as resp:
+                first = (resp.status, await resp.json())
+            # A session id chosen by the daemon is kept across its own retry too.
+            async with http.post(daemon.api + "/v1/sessions", json={"account_id": "acme2"}) as resp:
+                second = (resp.status, await resp.json())
+            assert proxy.lost["create"] == 2  # both scripts ran, both replies were lost
+            proxy.stop_losing()
+            # The client retries the same id after an answer it did not trust: the id is
+            # taken (SPEC §1), by the session it created.
+            async with http.post(daemon.api + "/v1/sessions", json=body) as resp:
+                retried = (resp.status, await resp.json())
+            listed = {}
+            for account in ("acme", "acme2"):
+                async with http.get(daemon.api + f"/v1/accounts/{account}/sessions") as resp:
+                    listed[account] = [s["session_id"] for s in (await resp.json())["sessions"]]
+    finally:
+        proxy.close()
+    assert first[0] == 201, first
+    assert first[1]["session_id"] == "lost-reply-1" and first[1]["status"] == "ready"
+    assert second[0] == 201, second
+    assert retried[0] == 409 and retried[1]["error"] == "session_exists", retried
+    # One session each: neither the daemon's retry nor the client's made a second one.
+    assert listed == {"acme": ["lost-reply-1"], "acme2": [second[1]["session_id"]]}
+
+
+async def test_create_sent_again_with_its_token_answers_created(harness: Any) -> None:
+    h = await harness()
+
+    async def create(token: str) -> list[Any]:
+        reply: list[Any] = await h.store._call(
+            "create_session", h.pk, "s1", "acme", "60", "30", "1", "", token, 60_000
+        )
+        return reply
+
+    first, again = await create("t1"), await create("t1")
+    assert int(first[0]) == 1 and int(again[0]) == 1
+    assert first[2:] == again[2:]  # the same record, not a second session
+    assert [int(x) if i == 0 else x for i, x in enumerate(await create("t2"))] == [-409, b""]
+    assert await h.redis.pttl(h.pk.create_token("s1")) > 50_000
