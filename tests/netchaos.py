@@ -32,7 +32,7 @@ from typing import Any
 from daemon.scripts import script_source
 from tests.chaos import ACCOUNTS, PARTITIONS, SETTINGS, Chaos, Report, events_key
 from tests.faultproxy import FaultProxy
-from tests.netns import Link, NetFaultUnavailable, NetLab
+from tests.netns import Direction, Link, NetFaultUnavailable, NetLab
 from tests.servers import VALKEY_SERVER, Daemon, ValkeyProcess, wait_for
 
 SCENARIOS = ("latency", "loss", "lease_partition", "burst_partition", "lost_replies")
@@ -147,6 +147,7 @@ class NetChaos(Chaos):
         cut = 2 * LEASE_TTL_MS / 1000
         rounds = 0
         takeovers = 0
+        first = self.rng.randrange(3)
         while not self._stop.is_set():
             await asyncio.sleep(self.rng.uniform(1.0, 2.0))
             if self._stop.is_set():
@@ -155,8 +156,10 @@ class NetChaos(Chaos):
             index, token = await self._holder(partition)
             if index is None:
                 continue
+            # Both ways, then only requests, then only replies (requests still run).
+            direction: Direction = ("both", "to_redis", "from_redis")[(rounds + first) % 3]
             rounds += 1
-            self.lab.partition(self.links[index], "both")
+            self.lab.partition(self.links[index], direction)
             start = time.monotonic()
             taken_over = False
             while time.monotonic() - start < cut:
@@ -166,7 +169,8 @@ class NetChaos(Chaos):
             self.lab.heal(self.links[index])
             takeovers += taken_over
             self.note(f"replica-{index} (lease holder of partition {partition}) cut off "
-                      f"{cut:.1f} s; another replica took the lease: {taken_over}")  # fmt: skip
+                      f"({direction}) {cut:.1f} s; another replica took the lease: "
+                      f"{taken_over}")  # fmt: skip
         lost = sum(r.log().count("partition_lease_lost") for r in self.replicas)
         self.note(f"lease-holder partitions: {rounds}, taken over meanwhile: {takeovers}, "
                   f"'partition_lease_lost' logged by the cut-off replicas: {lost}")  # fmt: skip
@@ -228,6 +232,22 @@ class NetChaos(Chaos):
             for name, n in proxy.lost.items():
                 lost[name] = lost.get(name, 0) + n
         self.note("replies lost: " + ", ".join(f"{k}={v}" for k, v in sorted(lost.items())))
+
+    async def drain(self, timeout: float = 60.0) -> None:
+        """Restart every replica gracefully first, then wait for every session to end.
+
+        A request the load generator gave up on (its 3 s timeout, during a fault) may
+        still be running in a replica and create its session later; a graceful stop
+        finishes every request in flight, so the check sees all the sessions there are.
+        """
+        for index, daemon in enumerate(list(self.replicas)):
+            # One at a time: the others go on expiring meanwhile.
+            code = await asyncio.to_thread(daemon.stop, signal.SIGTERM)
+            if code != 0:
+                self.report.violations.append(f"replica-{index} exited {code} on SIGTERM")
+            self.start_replica(index)
+            await asyncio.to_thread(wait_for, self.replicas[index].ready, 30, "replica ready")
+        await super().drain(timeout)
 
     def close(self) -> None:
         for daemon in self.replicas:
