@@ -3,8 +3,10 @@ checker. ``python -m tests.netchaos`` (``make chaos-net``) runs longer variants.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from tests.chaos import Report
 from tests.faultproxy import FaultProxy
 from tests.netchaos import LOST_REPLY_SCRIPTS, run_net_chaos, script_sha
 from tests.netns import PREFIX, NetFaultUnavailable, NetLab
-from tests.servers import Daemon, ValkeyProcess
+from tests.servers import Daemon, ValkeyProcess, eventually
 
 SECONDS = float(os.environ.get("LIFECYCLE_NETCHAOS_SECONDS", "8"))
 
@@ -183,3 +185,35 @@ async def test_create_sent_again_with_its_token_answers_created(harness: Any) ->
     assert first[2:] == again[2:]  # the same record, not a second session
     assert [int(x) if i == 0 else x for i, x in enumerate(await create("t2"))] == [-409, b""]
     assert await h.redis.pttl(h.pk.create_token("s1")) > 50_000
+
+
+async def test_leases_of_many_partitions_hold_over_a_slow_link(
+    redis: Any, valkey: ValkeyProcess, daemons: Callable[..., Daemon]
+) -> None:
+    """8 partitions over a 150 ms ± 30 ms link (each way): renewed one after the other,
+    a round took 9 round trips (about 2.7 s) and the pause after it another 0.8-1 s,
+    longer than a 3 s lease, so the replica kept losing and taking its own leases;
+    renewed at once (2 round trips a round) they hold."""
+    host, port = valkey.url.removeprefix("redis://").removesuffix("/0").split(":")
+    proxy = FaultProxy(host, int(port)).start()
+    try:
+        proxy.delay(150, 30)
+        daemon = daemons(redis_url=proxy.url, partitions=8, lease_ttl_ms=3000)
+        await eventually(
+            lambda: _logged(daemon, "partition_lease_taken", 8), timeout=30, what="8 leases"
+        )
+        # The first rounds open the pool's connections (a few round trips each); from
+        # then on, over three lease lifetimes, no lease may be lost.
+        start = time.monotonic()
+        while time.monotonic() - start < 9:
+            if time.monotonic() - start < 3:
+                lost_before = daemon.log().count('"partition_lease_lost"')
+            await asyncio.sleep(0.2)
+        lost = daemon.log().count('"partition_lease_lost"') - lost_before
+        assert lost == 0, daemon.log()[-3000:]
+    finally:
+        proxy.close()
+
+
+async def _logged(daemon: Daemon, event: str, times: int) -> bool:
+    return daemon.log().count(f'"{event}"') >= times
