@@ -87,7 +87,7 @@ class RateLimitResult:
 
 # A create whose reply was lost is sent again after these pauses (seconds) with the same
 # creation token, which create_session.lua keeps this long (ms).
-CREATE_RETRY_DELAYS = (0.05, 0.25)
+CREATE_RETRY_DELAYS = (0.1,)
 CREATE_TOKEN_TTL_MS = 60_000
 
 # Failed-authentication blocking (SPEC §4): this many failures within the window.
