@@ -24,6 +24,8 @@ import hashlib
 import os
 import re
 import signal
+import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -60,8 +62,6 @@ class LabValkey(ValkeyProcess):
         return f"redis://{self.platform.ip}:{self.port}/0"
 
     def start(self) -> LabValkey:
-        import subprocess
-
         argv = [VALKEY_SERVER, "--port", str(self.port), "--bind", "0.0.0.0",
                 "--protected-mode", "no", "--dir", str(self.dir), "--appendonly", "yes",
                 "--save", "", "--logfile", str(self.dir / "valkey.log"), *self.extra]  # fmt: skip
@@ -70,8 +70,6 @@ class LabValkey(ValkeyProcess):
         return self
 
     def _answers(self) -> bool:
-        import socket
-
         try:
             with socket.create_connection((self.platform.ip, self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
