@@ -12,6 +12,9 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:tl:<session>`` list, the session's timeline (JSON entries, capped; SPEC §9)
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
+- ``P:{p}:ct:<session>`` string, the creation token of the HTTP request that created the
+                         session; lets a create whose reply was lost be sent again and
+                         answered with that session (expires after a minute)
 - ``P:{p}:lease``        string, the replica that consumes the partition now
 - ``P:{p}:rl:<account>:<limit>``  string, the theoretical arrival time (ms) of the
                          account's GCRA rate limit ``requests`` or ``creates`` (SPEC §6);
@@ -108,6 +111,10 @@ class PartitionKeys:
 
     def account(self, account_id: str) -> str:
         return self.base + "a:" + account_id
+
+    def create_token(self, session_id: str) -> str:
+        """The creation token of the request that created the session (create_session.lua)."""
+        return self.base + "ct:" + session_id
 
     def live(self, account_id: str) -> str:
         return self.base + "live:" + account_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from daemon.events import ParsedEvent
 from daemon.keys import GROUP, PartitionKeys, partition_of
 from daemon.model import SessionRecord, rfc3339
 from daemon.plans import Plan, encode_plans
+from daemon.redis_client import TRANSIENT_ERRORS
 from daemon.scripts import AsyncScript, register_all
 from daemon.settings import Settings
 
@@ -82,6 +84,11 @@ class RateLimitResult:
         """The limits with nothing left now: when refused, those that refused it."""
         return [limit for limit in self.limits if limit.remaining == 0]
 
+
+# A create whose reply was lost is sent again after these pauses (seconds) with the same
+# creation token, which create_session.lua keeps this long (ms).
+CREATE_RETRY_DELAYS = (0.1,)
+CREATE_TOKEN_TTL_MS = 60_000
 
 # Failed-authentication blocking (SPEC §4): this many failures within the window.
 AUTH_FAILURE_LIMIT = 10
@@ -223,16 +230,27 @@ class Store:
         """Admit and create a session; raises the SPEC §2 refusals in their order."""
         if len(self.partitions) > 1 and await self._locate(session_id) is not None:
             raise errors.SessionExists(f"Session {session_id} already exists.")
-        reply = await self._call(
-            "create_session",
-            self.partition_for(account_id),
+        args = (
             session_id,
             account_id,
             "" if timeout_seconds is None else timeout_seconds,
             "" if inactivity_timeout_seconds is None else inactivity_timeout_seconds,
             "1" if auto_kill else "0",
             deferred_error,
+            secrets.token_hex(8),  # this request's creation token
+            CREATE_TOKEN_TTL_MS,
         )
+        for delay in (*CREATE_RETRY_DELAYS, None):
+            try:
+                reply = await self._call("create_session", self.partition_for(account_id), *args)
+                break
+            except TRANSIENT_ERRORS as exc:
+                # The call may have run and only its reply been lost: the same token makes
+                # the next attempt answer with the session it created, not 409.
+                if delay is None:
+                    raise
+                log.info("create_session_retried", session_id=session_id, error=str(exc))
+                await asyncio.sleep(delay)
         code = int(reply[0])
         if code == -402:
             raise errors.PaymentRequired(_text(reply[1]))

@@ -69,6 +69,8 @@ class Report:
     invalid_sent: int = 0
     terminations: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
+    lateness_ms: list[int] = field(default_factory=list)  # emitted_at - deadline, per command
+    faults: list[str] = field(default_factory=list)  # what a fault controller did, in words
 
     def summary(self) -> str:
         lines = [
@@ -79,8 +81,14 @@ class Report:
             f"events published: {self.events} ({self.invalid_sent} malformed)",
             f"API calls: {self.api_calls} ({self.api_failures} failed during faults)",
             "terminations: " + ", ".join(f"{k}={v}" for k, v in sorted(self.terminations.items())),
-            f"violations: {len(self.violations)}",
+            *self.faults,
         ]
+        if self.lateness_ms:
+            late = sorted(self.lateness_ms)
+            p50, p99 = late[len(late) // 2], late[min(len(late) - 1, len(late) * 99 // 100)]
+            lines.append(f"lateness of terminate commands (ms): p50 {p50}, p99 {p99}, "
+                         f"max {late[-1]}")  # fmt: skip
+        lines.append(f"violations: {len(self.violations)}")
         return "\n".join(lines + [f"  {v}" for v in self.violations[:50]])
 
 
@@ -383,6 +391,7 @@ class Chaos:
         deadline = int(cmd["deadline"])
         if cmd["reason"] != reason or int(record["t"]) != deadline:
             v.append(f"command disagrees with the session record: {history}")
+        self.report.lateness_ms.append(int(cmd["emitted_at"]) - deadline)
         if int(cmd["emitted_at"]) < deadline:
             v.append(f"emitted before its deadline: {history}")
         if reason == "requested" and sid not in self.requested:
