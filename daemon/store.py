@@ -22,7 +22,7 @@ from daemon.settings import Settings
 class SessionView:
     record: SessionRecord
     now_ms: int
-    changed: bool = False  # terminate: this call ended the session
+    changed: bool = False  # terminate, pause, resume: this call made the change
 
     def status_object(self) -> dict[str, Any]:
         return self.record.status_object(self.now_ms)
@@ -75,6 +75,8 @@ class ExpireResult:
     held: bool
     warned: int
     by_inactivity: int
+    by_paused_timeout: int
+    paused: int  # paused at their inactivity deadline (on_inactivity = pause)
     lateness_ms: list[int]
 
 
@@ -170,6 +172,7 @@ class Store:
         inactivity_timeout_seconds: int | None,
         auto_kill: bool,
         deferred_error: str = "",
+        on_inactivity: str = "terminate",
     ) -> SessionView:
         """Admit and create a session; raises the SPEC §2 refusals in their order."""
         if len(self.partitions) > 1 and await self._locate(session_id) is not None:
@@ -183,6 +186,7 @@ class Store:
             "" if inactivity_timeout_seconds is None else inactivity_timeout_seconds,
             "1" if auto_kill else "0",
             deferred_error,
+            "p" if on_inactivity == "pause" else "",
         )
         code = int(reply[0])
         if code == -402:
@@ -225,6 +229,8 @@ class Store:
         code = int(reply[0])
         if code == -402:
             raise errors.PaymentRequired(_text(reply[1]))
+        if code == -429:
+            raise errors.ConcurrentSessionLimit(int(reply[1]))
         if code == -409:
             raise errors.SessionTerminated(f"Session {session_id} is terminated.")
         return _view(session_id, reply)
@@ -233,8 +239,25 @@ class Store:
         """``account``: the caller sees only that account's sessions (others are unknown)."""
         return await self._by_id("get_session", session_id, account=account)
 
-    async def keepalive(self, session_id: str, account: str | None = None) -> SessionView:
-        return await self._by_id("keepalive", session_id, GROUP, account=account)
+    async def keepalive(
+        self,
+        session_id: str,
+        account: str | None = None,
+        source: str = "api",
+        activity: bool = False,
+    ) -> SessionView:
+        """A keepalive (or, with ``activity``, an action) from ``source``."""
+        return await self._by_id(
+            "keepalive", session_id, GROUP, "1" if activity else "0", source, account=account
+        )
+
+    async def pause(self, session_id: str, account: str | None = None) -> SessionView:
+        """Pause; ``changed`` is false when it was paused already."""
+        return await self._by_id("pause_session", session_id, GROUP, account=account)
+
+    async def resume(self, session_id: str, account: str | None = None) -> SessionView:
+        """Resume, admitted like a create; ``changed`` is false when it was not paused."""
+        return await self._by_id("resume_session", session_id, account=account)
 
     async def terminate(
         self, session_id: str, reason: str = "requested", account: str | None = None
@@ -248,6 +271,7 @@ class Store:
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
         account: str | None = None,
+        on_inactivity: str | None = None,
     ) -> SessionView:
         """Change a live session's limits; ``None`` leaves a field as it is."""
         pk = await self._locate(session_id)
@@ -261,6 +285,7 @@ class Store:
                 "" if inactivity_timeout_seconds is None else inactivity_timeout_seconds,
                 "" if auto_kill is None else ("1" if auto_kill else "0"),
                 account or "",
+                "" if on_inactivity is None else on_inactivity[0],
             )
         if reply is None or int(reply[0]) == -404:
             raise errors.SessionNotFound(f"No session {session_id}.")
@@ -397,5 +422,7 @@ class Store:
             held=int(reply[3]) == 1,
             warned=int(reply[4]),
             by_inactivity=int(reply[5]),
-            lateness_ms=[int(v) for v in reply[6:]],
+            by_paused_timeout=int(reply[6]),
+            paused=int(reply[7]),
+            lateness_ms=[int(v) for v in reply[8:]],
         )

@@ -9,6 +9,7 @@
     ARGV[14] auto_kill '1' or '0'
     ARGV[15] a field error found by the caller ('' = none), reported as 422 after the
              billing and concurrency checks, as SPEC §2 orders them
+    ARGV[16] on_inactivity 'p' (pause) or '' (terminate)
   Output:
     {1, now, field, value, ...}  created; the session record
     {-402, billing status} | {-429, retry-after seconds} | {-422, message} | {-409, ''}
@@ -16,6 +17,7 @@
 --- @include "common"
 
 local now = now_ms()
-local code, value = create_session(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now)
+local code, value = create_session(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now,
+  ARGV[16])
 if code ~= 1 then return {code, value} end
 return view(1, ARGV[10], now)

@@ -51,3 +51,16 @@ local function inactivity_limit(group, now)
   if first then return math.min(now, id_ms(first) - 1) end
   return now
 end
+
+-- The deadline of a live session (h as next_deadline reads it), its reason and whether
+-- it pauses, when it has passed by now; nil otherwise. A passed inactivity deadline held
+-- by the lag-safe rule has not passed: only the maximum lifetime can have.
+local function passed_deadline(h, group, now)
+  local deadline, reason, pauses = next_deadline(h)
+  if deadline and deadline <= now and reason == 'inactivity'
+     and deadline > inactivity_limit(group, now) then
+    deadline, reason, pauses = tonumber(h[2]), 'max_lifetime', false
+  end
+  if deadline and deadline <= now then return deadline, reason, pauses end
+  return nil
+end
