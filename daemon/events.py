@@ -158,11 +158,9 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
         return kind, [session, account, timeout, inactivity, auto_kill, plan, on_inactivity]
     if kind in ("activity", "keepalive"):
         ts = str(min(_int(fields, "ts", 0), _TS_CAP)) if "ts" in fields else ""
-        source = ""
-        if "source" in fields:
-            source = fields["source"]
-            if not SOURCE_PATTERN.fullmatch(source):
-                raise InvalidEvent(f"field source must be {SOURCE_RULE}, got {source[:40]!r}")
+        source = fields.get("source", "")
+        if "source" in fields and not SOURCE_PATTERN.fullmatch(source):
+            raise InvalidEvent(f"field source must be {SOURCE_RULE}, got {source[:40]!r}")
         return kind, [session, account, ts, source]
     if kind == "terminate":
         reason = "requested"

@@ -9,6 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# What acted (an activity or keepalive's optional ``source``, SPEC §8).
+SOURCE_PATTERN = re.compile(r"[a-z0-9._-]{1,64}")
+SOURCE_RULE = "1-64 characters of [a-z0-9._-]"
 
 TERMINATION_REASONS = (
     "max_lifetime",
@@ -23,9 +26,6 @@ BILLING_STATUSES = ("ok", "balance_depleted", "payment_failed", "card_expired")
 
 ON_INACTIVITY = ("terminate", "pause")
 PAUSE_REASONS = ("inactivity", "requested")
-# The ``source`` of an activity or keepalive (why a session is alive).
-SOURCE_PATTERN = re.compile(r"[a-z0-9._-]{1,64}")
-SOURCE_RULE = "1-64 characters of [a-z0-9._-]"
 
 MAX_INACTIVITY_SECONDS = 86400
 DEFAULT_INACTIVITY_SECONDS = 300

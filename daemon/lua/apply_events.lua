@@ -75,7 +75,7 @@ while i <= #ARGV do
       if ARGV[a + 2] ~= '' then ts = tonumber(ARGV[a + 2]) end
       if ts > now + SKEW_MS then ts = now end
       local source = ARGV[a + 3]
-      if source == '' then source = 'stream' end
+      if source == nil or source == '' then source = 'stream' end
       outcome = touch(ARGV[a], ARGV[a + 1], ts, op == 'A', at, now, source)
     elseif op == 'C' then
       local sid, account, plan = ARGV[a], ARGV[a + 1], ARGV[a + 5]
@@ -108,6 +108,8 @@ while i <= #ARGV do
         outcome = 'ignored:terminated'
       else
         outcome = overdue(sid, h, at, now)
+        -- A resume that came after an inactivity pause's deadline resumes that pause.
+        if op == 'R' and outcome == 'paused:inactivity' then outcome = nil end
       end
       if outcome then  -- decided above
       elseif op == 'P' then

@@ -14,7 +14,10 @@
              session is reported as unknown
     ARGV[15] on_inactivity 'p' (pause), 't' (terminate) or '' (unchanged)
   Output:
-    {1, now, field, value, ...}  changed; the session record
+    {1, now, field, value, ...}  changed; the session record (terminated, with reason and
+                                 deadline = now, when the new limits' deadline has passed;
+                                 paused at now instead when it is an inactivity deadline
+                                 and on_inactivity is pause)
     {-404} | {-409} terminated | {-422, message}
 ]]
 --- @include "common"
@@ -23,7 +26,7 @@ local sid = ARGV[10]
 local timeout, inactivity, auto_kill, scope = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 local now = now_ms()
 local key = session_key(sid)
-local h = redis.call('HMGET', key, 'a', 's', 'c', 'e', 'l', 'i', 'k', 'w', 'n', 'y', 'qa')
+local h = redis.call('HMGET', key, 'a', 's', 'c', 'e', 'l', 'i', 'k', 'w', 'n', 'y', 'qa', 'o')
 if not h[1] or (scope ~= '' and scope ~= h[1]) then return {-404} end
 if h[2] == 't' then return {-409} end
 
@@ -52,7 +55,27 @@ if inactivity ~= '' then i = tonumber(inactivity) end
 if auto_kill ~= '' then k = auto_kill end
 
 redis.call('HSET', key, 'e', e, 'i', i, 'k', k)
-if ARGV[15] == 'p' then redis.call('HSET', key, 'o', 'p')
-elseif ARGV[15] == 't' then redis.call('HDEL', key, 'o') end
-if not paused then schedule(sid, e, l, i, k, h[8]) end
+local o = h[12]
+if ARGV[15] == 'p' then
+  o = 'p'
+  redis.call('HSET', key, 'o', 'p')
+elseif ARGV[15] == 't' then
+  o = nil
+  redis.call('HDEL', key, 'o')
+end
+local changed = {timeout_seconds = tonumber(timeout), inactivity_timeout_seconds = tonumber(inactivity)}
+if auto_kill ~= '' then changed.auto_kill = auto_kill == '1' end
+if ARGV[15] ~= '' then changed.on_inactivity = o == 'p' and 'pause' or 'terminate' end
+if not paused then
+  local deadline, reason = deadline_of(e, l, i, k)
+  if deadline <= now then
+    -- The new limits put the deadline in the past: what it does happens now, at the
+    -- PATCH's own time, never back-dated to a moment the session was still allowed to run.
+    timeline_add(sid, 'extended', now, changed)
+    fire(sid, now, reason, reason == 'inactivity' and o == 'p', now)
+    return view(1, sid, now)
+  end
+  schedule(sid, e, l, i, k, h[8])
+end
+timeline_add(sid, 'extended', now, changed)
 return view(1, sid, now)

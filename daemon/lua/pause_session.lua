@@ -15,13 +15,7 @@
 
 local sid = ARGV[10]
 local now = now_ms()
-local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe')
-if not h[1] then return {-404} end
-if h[1] == 't' then return {-409} end
-local deadline, reason, pauses = passed_deadline(h, ARGV[11], now)
-if deadline then
-  fire(sid, deadline, reason, pauses, now)
-  if not pauses then return {-409} end
-end
+local h, refused = settle(sid, ARGV[11], now, false)
+if not h then return refused end
 if pause(sid, 'requested', now, now) then return view(1, sid, now) end
 return view(2, sid, now)

@@ -66,10 +66,6 @@ for name, concurrent, duration, rpm, cpm, credits, paused in
     credits_per_hour_micro = tonumber(credits), max_paused = tonumber(paused)}
 end
 
--- credits hooks: meter_start(account, sid, at) when a session starts running (resume),
--- meter_stop(account, sid, at) when it stops (pause); assigned at the end of this file.
-local meter_start, meter_stop
-
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -83,6 +79,7 @@ end
 local function session_key(sid) return BASE .. 's:' .. sid end
 local function account_key(account) return BASE .. 'a:' .. account end
 local function live_key(account) return BASE .. 'live:' .. account end
+--- @include "timeline"
 
 -- Plan name and billing status of an account; an account never written has the defaults.
 local function account_state(account)
@@ -116,6 +113,7 @@ end
 local function emit(...)
   return redis.call('XADD', K_COMMANDS, 'MAXLEN', '~', COMMANDS_MAXLEN, '*', ...)
 end
+--- @include "credits"
 
 -- The single place a session becomes terminated. Returns false (and writes nothing)
 -- when it is unknown or already terminated: this check is what makes the terminate
@@ -152,6 +150,7 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
   end
   if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
   redis.call('PEXPIRE', key, RETENTION_MS)
+  timeline_add(sid, 'terminated', now, {reason = reason, deadline = deadline})
   if reason ~= 'external' then
     emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
       'deadline', deadline, 'emitted_at', now, 'created_at', created,
@@ -181,6 +180,19 @@ local function retry_after_seconds(account, now)
   return math.max(1, math.ceil((earliest - now) / 1000))
 end
 
+-- Admission (SPEC §2, in its order) of one more live session of the account at time at:
+-- plan name and limits, then nil, or -402, billing status | -429, retry-after seconds.
+local function admit(account, at)
+  local plan_name, billing = account_state(account)
+  local plan = plan_limits(plan_name)
+  if billing ~= 'ok' then return plan_name, plan, -402, billing end
+  if plan.max_concurrent >= 0
+     and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
+    return plan_name, plan, -429, retry_after_seconds(account, at)
+  end
+  return plan_name, plan
+end
+
 --[[
   Admission (SPEC §2, in its order) and creation of a session.
   timeout and inactivity are strings ('' = default); auto_kill '1'/'0'; on_inactivity
@@ -191,17 +203,13 @@ end
 ]]
 local function create_session(sid, account, timeout, inactivity, auto_kill, deferred_error,
                               created_at, on_inactivity)
-  local plan_name, billing = account_state(account)
-  if billing ~= 'ok' then return -402, billing end
-  local plan = plan_limits(plan_name)
-  if plan.max_concurrent >= 0
-     and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
-    return -429, retry_after_seconds(account, created_at)
-  end
+  local plan_name, plan, code, value = admit(account, created_at)
+  if code then return code, value end
   if deferred_error ~= '' then return -422, deferred_error end
   local m = tonumber(timeout) or math.min(3600, plan.max_duration)
   if m > plan.max_duration then
-    return -422, 'timeout_seconds ' .. m .. ' is over the maximum of plan ' .. plan_name
+    -- The number as sent: tostring of a large Lua number would print it as a float.
+    return -422, 'timeout_seconds ' .. timeout .. ' is over the maximum of plan ' .. plan_name
       .. ' (' .. plan.max_duration .. ' seconds)'
   end
   local key = session_key(sid)
@@ -212,6 +220,7 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
     'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
   if on_inactivity == 'p' then redis.call('HSET', key, 'o', 'p') end
   redis.call('SADD', live_key(account), sid)
+  timeline_add(sid, 'created', created_at)
   return 1, schedule(sid, e, created_at, i, auto_kill, nil)
 end
 
@@ -245,6 +254,7 @@ local function pause(sid, reason, at, now)
   redis.call('SREM', live_key(h[2]), sid)
   if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
   meter_stop(h[2], sid, at)
+  timeline_add(sid, 'paused', at, {reason = reason})
   emit('type', 'pause', 'session_id', sid, 'account_id', h[2], 'reason', reason,
     'deadline', at, 'emitted_at', now)
   return expires
@@ -263,13 +273,8 @@ local function resume(sid, at, now)
   local h = redis.call('HMGET', key, 's', 'a', 'e', 'i', 'k', 'w', 'qa', 'qt')
   if h[1] ~= 'p' then return 0 end
   local account = h[2]
-  local plan_name, billing = account_state(account)
-  if billing ~= 'ok' then return -402, billing end
-  local plan = plan_limits(plan_name)
-  if plan.max_concurrent >= 0
-     and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
-    return -429, retry_after_seconds(account, now)
-  end
+  local _, _, code, value = admit(account, now)
+  if code then return code, value end
   local qa = tonumber(h[7])
   if at < qa then at = qa end
   local e = tonumber(h[3]) + (at - qa)
@@ -278,6 +283,7 @@ local function resume(sid, at, now)
   redis.call('HDEL', key, 'qa', 'qe')
   redis.call('SADD', live_key(account), sid)
   meter_start(account, sid, at)
+  timeline_add(sid, 'resumed', at)
   emit('type', 'resume', 'session_id', sid, 'account_id', account, 'emitted_at', now)
   return 1, schedule(sid, e, at, tonumber(h[4]), h[5], h[6])
 end
@@ -337,7 +343,12 @@ local function touch(sid, account, ts, is_activity, arrived, now, source)
   if ts < l then return 'ignored:stale' end
   redis.call('HINCRBY', key, 'qc', 1)
   local fields = {'qs', source}
-  if is_activity and h[1] == 'r' then fields[3], fields[4] = 's', 'u' end
+  if is_activity and h[1] == 'r' then
+    fields[3], fields[4] = 's', 'u'
+    timeline_add(sid, 'running', ts, {source = source})
+  else
+    timeline_touch(sid, is_activity and 'activity' or 'keepalive', source, ts)
+  end
   if ts > l then
     fields[#fields + 1], fields[#fields + 2] = 'l', ts
     -- Without auto_kill the deadline is the maximum lifetime, which activity never moves.
@@ -370,7 +381,3 @@ local function view(code, sid, now)
   table.insert(out, 1, code)
   return out
 end
-
--- credits hooks: replaced by the metering functions
-meter_start = function(account, sid, at) end
-meter_stop = function(account, sid, at) end

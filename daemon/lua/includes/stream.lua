@@ -64,3 +64,26 @@ local function passed_deadline(h, group, now)
   if deadline and deadline <= now then return deadline, reason, pauses end
   return nil
 end
+
+--[[
+  A request through the API for session sid at time now, after what its passed deadline
+  does (as the expirer would do it): returns the record {s, e, l, i, k, o, qe, a} as it
+  was read, or nil and the reply for a session unknown (-404), of an account not in
+  good standing when ``billing`` is checked (-402), or terminated, before or by its
+  deadline (-409). A deadline that pauses the session leaves it paused.
+]]
+local function settle(sid, group, now, billing)
+  local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+  if not h[1] then return nil, {-404} end
+  if billing then
+    local _, status = account_state(h[8])
+    if status ~= 'ok' then return nil, {-402, status} end
+  end
+  if h[1] == 't' then return nil, {-409} end
+  local deadline, reason, pauses = passed_deadline(h, group, now)
+  if deadline then
+    fire(sid, deadline, reason, pauses, now)
+    if not pauses then return nil, {-409} end
+  end
+  return h
+end
