@@ -29,6 +29,14 @@ async def of_type(h: Harness, kind: str) -> list[dict[str, str]]:
     return [c for c in await h.commands() if c["type"] == kind]
 
 
+async def created_pausing(h: Harness) -> int:
+    """Session s1 created 10 s ago, paused by 2 s of inactivity; returns now (ms)."""
+    t0 = await h.server_ms()
+    await past(h, t0 - 10_000, type="created", session_id="s1", account_id="acme",
+               inactivity_timeout_seconds="2", on_inactivity="pause")  # fmt: skip
+    return t0
+
+
 def short_pauses(tmp_path: Path, seconds: int = 1) -> Path:
     path = tmp_path / "plans.toml"
     path.write_text(
@@ -160,9 +168,7 @@ async def test_resume_is_admitted_like_a_create(harness: Make) -> None:
 
 async def test_the_inactivity_deadline_pauses_with_on_inactivity_pause(harness: Make) -> None:
     h: Harness = await harness()
-    t0 = await h.server_ms()
-    await past(h, t0 - 10_000, type="created", session_id="s1", account_id="acme",
-               inactivity_timeout_seconds="2", on_inactivity="pause")  # fmt: skip
+    t0 = await created_pausing(h)
     await h.consume()
     result = await h.store.expire_due(h.pk)
     assert result.terminated == 0 and result.paused == 1
@@ -181,9 +187,7 @@ async def test_activity_in_the_stream_before_the_deadline_prevents_the_pause(
     harness: Make,
 ) -> None:
     h: Harness = await harness()
-    t0 = await h.server_ms()
-    await past(h, t0 - 10_000, type="created", session_id="s1", account_id="acme",
-               inactivity_timeout_seconds="2", on_inactivity="pause")  # fmt: skip
+    t0 = await created_pausing(h)
     await h.consume()
     # An activity entered the stream before the deadline, not applied yet: held.
     entry = await past(h, t0 - 9_000, type="activity", session_id="s1", account_id="acme",
@@ -205,9 +209,7 @@ async def test_activity_that_arrived_after_the_deadline_finds_the_session_paused
     harness: Make,
 ) -> None:
     h: Harness = await harness()
-    t0 = await h.server_ms()
-    await past(h, t0 - 10_000, type="created", session_id="s1", account_id="acme",
-               inactivity_timeout_seconds="2", on_inactivity="pause")  # fmt: skip
+    t0 = await created_pausing(h)
     await past(h, t0 - 5_000, type="activity", session_id="s1", account_id="acme")
     await past(h, t0 - 4_000, type="keepalive", session_id="s1", account_id="acme")
     await past(h, t0 - 3_000, type="resume", session_id="s1", account_id="acme")
