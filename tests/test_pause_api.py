@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from daemon.client import LifecycleClient, RateLimited, SessionTerminated
 from tests.servers import Daemon, eventually
+from tests.test_cli import cli
 from tests.test_daemon import commands
 
 Start = Callable[..., Daemon]
@@ -217,3 +220,53 @@ async def test_inactivity_pauses_then_the_pause_times_out(
 async def call_once(d: Daemon, method: str, path: str) -> tuple[int, Any, Any]:
     async with aiohttp.ClientSession(d.api) as http:
         return await call(http, method, path)
+
+
+async def test_sdk_and_cli_pause_and_resume(redis: Any, daemons: Start) -> None:
+    d = daemons()
+    async with LifecycleClient(d.api) as client:
+        async with client.session("acme", session_id="s1", timeout_seconds=600) as session:
+            await session.keepalive(source="ide")
+            paused = await session.pause()
+            assert paused.paused and paused.expires_at is None
+            assert paused.pause_expires_at is not None and paused.paused_at is not None
+            assert paused.last_activity_source == "ide" and paused.activity_count == 1
+            assert paused.on_inactivity == "terminate"
+            resumed = await session.resume()
+            assert resumed.status == "running" and resumed.expires_at is not None
+        updated = await client.create("acme", session_id="s2", on_inactivity="pause")
+        assert updated.on_inactivity == "pause"
+        await client.create("acme", session_id="s3")
+        await client.pause("s2")
+        await client.create("acme", session_id="s4")
+        with pytest.raises(RateLimited) as refused:
+            await client.resume("s2")
+        assert refused.value.code == "concurrent_session_limit"
+        assert refused.value.retry_after is not None and refused.value.retry_after >= 1
+        with pytest.raises(SessionTerminated):
+            await client.pause("s1")
+    assert [c["type"] for c in await commands(redis)][:3] == ["pause", "resume", "terminate"]
+
+    api = ["--api", d.api]
+    shown = await cli("status", "s2", *api)
+    assert shown.code == 0, shown.err
+    assert re.search(r"^status\s+paused$", shown.out, re.M), shown.out
+    assert re.search(r"^paused\s+\S+ \S+ UTC \((now|\ds ago)\)$", shown.out, re.M), shown.out
+    assert re.search(r"^pause ends\s+.*\(in (1d|23h 59m)\)$", shown.out, re.M), shown.out
+    assert re.search(r"^terminates\s+in (1d|23h 59m) \(pause limit\)$", shown.out, re.M)
+    assert re.search(r"^on inactivity\s+pause$", shown.out, re.M), shown.out
+    assert re.search(r"^activity\s+0 \(last from -\)$", shown.out, re.M), shown.out
+    await cli("terminate", "s4", *api)
+    resumed_cli = await cli("resume", "s2", "--json", *api)
+    assert resumed_cli.code == 0 and resumed_cli.json()["status"] == "running", resumed_cli.err
+    kept = await cli("keepalive", "s2", "--source", "cron", *api)
+    assert kept.code == 0, kept.err
+    assert re.search(r"^terminates\s+in (5m|4m 5\ds) \(pause on inactivity\)$", kept.out, re.M)
+    paused_cli = await cli("pause", "s2", *api)
+    assert paused_cli.code == 0 and re.search(r"^status\s+paused$", paused_cli.out, re.M)
+    assert re.search(r"^activity\s+1 \(last from cron\)$", paused_cli.out, re.M)
+    assert re.search(r"^running time\s+(0s|\ds)$", paused_cli.out, re.M), paused_cli.out
+    gone = await cli("resume", "s1", *api)
+    assert gone.failed_cleanly(1, "terminated"), gone
+    bad = await cli("keepalive", "s2", "--source", "No Way", *api)
+    assert bad.failed_cleanly(2, "source"), bad
