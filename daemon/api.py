@@ -521,6 +521,11 @@ async def patch_session(request: web.Request) -> web.Response:
         request.app[METRICS].terminations.labels(reason=reason).inc()
         log.info("session_terminated", session_id=session_id,
                  account_id=record.account_id, reason=reason)  # fmt: skip
+    elif record.paused and record.paused_at == view.now_ms:
+        # The new inactivity deadline had passed: this PATCH paused it, at its own time.
+        request.app[METRICS].pauses.labels(reason="inactivity").inc()
+        log.info("session_paused", session_id=session_id,
+                 account_id=record.account_id, reason="inactivity")  # fmt: skip
     return _view(view)
 
 

@@ -99,6 +99,11 @@ async def test_pause_and_resume_over_http(redis: Any, daemons: Start) -> None:
     assert [c["type"] for c in await commands(redis)] == ["pause", "resume", "terminate"]
     [end] = await of_type(redis, "terminate")
     assert 0 <= int(end["running_ms"]) < int(end["duration_ms"])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{d.metrics_port}/metrics") as resp:
+            metrics = await resp.text()
+    assert 'lifecycle_pauses_total{reason="requested"} 1.0' in metrics
+    assert "lifecycle_resumes_total 1.0" in metrics
 
 
 async def test_a_bad_source_is_422_naming_it(daemons: Start) -> None:
