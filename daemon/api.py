@@ -35,6 +35,7 @@ from daemon.model import (
     SOURCE_RULE,
     new_session_id,
 )
+from daemon.redis_client import write_refusal
 from daemon.store import RateLimitResult, SessionView, Store
 
 log = structlog.get_logger("lifecycled.api")
@@ -114,8 +115,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason + ".")
     except (RedisError, OSError) as exc:
+        refusal = write_refusal(exc)
         log.warning("request_failed_redis_unavailable", path=request.path, error=str(exc))
-        return error_response(503, "unavailable", "Redis is unreachable; retry shortly.")
+        message = "Redis is unreachable" if refusal is None else refusal
+        return error_response(503, "unavailable", f"{message}; retry shortly.")
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         return error_response(500, "internal_error", "The request failed unexpectedly.")
@@ -175,9 +178,17 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         return await handler(request)
     session_id, account_id, creates = named
     principal = request.get(PRINCIPAL, ADMIN)
-    result = await request.app[STORE].rate_limit(
-        session_id=session_id, account_id=account_id, creates=creates, scope=principal.account_id
-    )
+    try:
+        result = await request.app[STORE].rate_limit(
+            session_id=session_id, account_id=account_id, creates=creates,
+            scope=principal.account_id,
+        )  # fmt: skip
+    except RedisError as exc:
+        if write_refusal(exc) is None:
+            raise
+        # Redis refuses to count (out of memory, disk full): the request goes on
+        # uncounted, so reads are still answered; a write is refused by its own script.
+        return await handler(request)
     if result is None:
         return await handler(request)
     request[RATE_LIMIT] = result
