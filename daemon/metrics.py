@@ -74,7 +74,7 @@ class Metrics:
             registry=r,
         )
         self.sessions_live = Gauge(
-            "lifecycle_sessions_live", "Live (ready or running) sessions, read from Redis.",
+            "lifecycle_sessions_live", "Sessions not terminated (paused included), from Redis.",
             registry=r,
         )  # fmt: skip
         self.expiry_lateness = Histogram(

@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.client import LifecycleClient, RateLimited, SessionTerminated
+from daemon.client import LifecycleClient, RateLimited, SessionStatus, SessionTerminated
+from daemon.publisher import EventPublisher
 from tests.servers import Daemon, eventually
 from tests.test_cli import cli
 from tests.test_daemon import commands
@@ -275,3 +276,36 @@ async def test_sdk_and_cli_pause_and_resume(redis: Any, daemons: Start) -> None:
     assert gone.failed_cleanly(1, "terminated"), gone
     bad = await cli("keepalive", "s2", "--source", "No Way", *api)
     assert bad.failed_cleanly(2, "source"), bad
+
+
+async def test_stream_pause_and_resume_through_the_publisher(redis: Any, daemons: Start) -> None:
+    d = daemons()
+    publisher = EventPublisher(redis)
+    await publisher.created("s1", "acme", on_inactivity="pause")
+    await publisher.created("s2", "acme")
+    await publisher.keepalive("s1", "acme", source="ide")
+    await publisher.pause("s1", "acme")
+    async with LifecycleClient(d.api) as client:
+        paused = await eventually(lambda: _in_status(client, "s1", "paused"), what="the pause")
+        assert paused.on_inactivity == "pause" and paused.last_activity_source == "ide"
+        await client.create("acme", session_id="s3")  # the paused session freed its slot
+        await publisher.resume("s1", "acme")
+
+        async def rejected() -> list[dict[str, str]]:
+            return await of_type(redis, "rejected")
+
+        [refused] = await eventually(rejected, what="the refused resume")
+        assert refused["session_id"] == "s1" and refused["code"] == "429"
+        await client.terminate("s3")
+        await publisher.resume("s1", "acme")
+        await eventually(lambda: _in_status(client, "s1", "running"), what="the resume")
+    assert [c["type"] for c in await commands(redis) if c["session_id"] == "s1"] == [
+        "pause",
+        "rejected",
+        "resume",
+    ]
+
+
+async def _in_status(client: LifecycleClient, sid: str, status: str) -> SessionStatus | None:
+    found = await client.status(sid)
+    return found if found.status == status else None
