@@ -329,3 +329,19 @@ async def test_why_alive_fields_count_activity_and_keep_its_source(harness: Make
     assert (await h.consume()).outcomes == ["dead"]
     [dead] = await h.redis.xrange(h.pk.dead)
     assert b"source" in dead[1][b"error"]
+
+
+async def test_a_billing_hold_leaves_a_paused_session_paused(harness: Make) -> None:
+    h: Harness = await harness()
+    await h.store.create_session("running", "acme", 600, 60, True)
+    await h.store.create_session("paused", "acme", 600, 60, True)
+    await h.store.pause("paused")
+    await h.publish(type="billing", account_id="acme", billing_status="payment_failed")
+    assert (await h.consume()).outcomes == ["ended:1"]
+    assert (await h.store.get_session("paused")).record.status == "paused"
+    with pytest.raises(errors.PaymentRequired):
+        await h.store.resume("paused")
+    await h.publish(type="billing", account_id="acme", billing_status="ok")
+    await h.consume()
+    assert (await h.store.resume("paused")).record.status == "running"
+    assert [c["type"] for c in await h.commands()] == ["pause", "terminate", "resume"]
