@@ -120,6 +120,15 @@ async def test_a_bad_source_is_422_naming_it(daemons: Start) -> None:
                 assert error["error"] == "invalid_request" and "source" in error["message"]
         status, view, _ = await call(http, "GET", "/v1/sessions/s1")
         assert view["activity_count"] == 0 and view["last_activity_source"] is None
+        body = {"account_id": "acme", "on_inactivity": "sleep"}
+        status, error, _ = await call(http, "POST", "/v1/sessions", body)
+        assert status == 422 and "on_inactivity" in error["message"], error
+        for value in (None, "Pause", 1):
+            patch = {"on_inactivity": value}
+            status, error, _ = await call(http, "PATCH", "/v1/sessions/s1", patch)
+            assert status == 422 and "on_inactivity" in error["message"], error
+        status, view, _ = await call(http, "GET", "/v1/sessions/s1")
+        assert view["on_inactivity"] == "terminate"
 
 
 async def test_resume_is_refused_402_then_429_with_retry_after(redis: Any, daemons: Start) -> None:
