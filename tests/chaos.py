@@ -122,6 +122,7 @@ class Chaos:
         self.requested: set[str] = set()  # terminate sent (stream or DELETE)
         self.external: set[str] = set()
         self.live: list[str] = []
+        self.paused_recently: list[str] = []  # pause sent (it may not have applied)
         # A publish that failed may still have reached the stream (the reply was lost).
         self.malformed_attempted: set[str] = set()
         self.malformed_sent: set[str] = set()
@@ -250,8 +251,12 @@ class Chaos:
                 self.activity[sid].append(before)
 
     async def pause_or_resume(self, http: aiohttp.ClientSession) -> None:
-        sid = self.rng.choice(self.live[-200:])
         kind = self.rng.choice(["pause", "resume"])
+        # Resumes go mostly to sessions paused a moment ago, pauses to any recent one.
+        recent = self.paused_recently[-50:] if kind == "resume" else []
+        sid = self.rng.choice(recent if recent and self.rng.random() < 0.8 else self.live[-200:])
+        if kind == "pause":
+            self.paused_recently.append(sid)
         if self.rng.random() < 0.5:
             account = self.accounts[sid]
             await self.publish(account, {"type": kind, "session_id": sid, "account_id": account})
