@@ -89,10 +89,8 @@ class SessionRecord:
         elif status != "terminated":
             lifetime_ms = expires_at - (resumed_at or created_at) + run_ms
         elif "n" in fields:
-            # n holds the run up to terminated_at, or up to the run's start when the end
-            # was earlier (a stream entry older than the run): e counts from that moment.
-            ended = max(int(terminated_at or created_at), resumed_at or created_at)
-            lifetime_ms = expires_at - ended + run_ms
+            # n holds the run up to terminated_at (never before the run began).
+            lifetime_ms = expires_at - int(terminated_at or created_at) + run_ms
         else:
             # Ended before 0.3 kept running time: it ran from creation to its end.
             lifetime_ms = expires_at - created_at

@@ -17,9 +17,9 @@ place a reviewer may disagree, so they are named here):
   came too late: applying it ends the session at that deadline (``ended:<reason>``), or
   pauses it there when the deadline pauses it (``paused:inactivity``); so do pause and
   resume entries, and a resume then resumes that pause;
-- pause and resume (SPEC §8) happen at their entry's time, never before the session's
-  current run (or pause) began: a stream entry older than an API call that came first
-  takes effect at that call's time;
+- pause, resume and termination happen at their entry's time, never before the
+  session's current run (or pause) began: a stream entry older than an API call that
+  came first (a create, pause or resume) takes effect at that call's time;
 - a billing hold terminates ready and running sessions (those that count toward
   ``max_concurrent``); a paused one stays paused (its resume is refused with 402);
 - a PATCH whose new limits put the deadline in the past ends (or, for an inactivity
@@ -308,12 +308,15 @@ class PartitionModel:
     def _terminate(self, session: Session, reason: str, deadline: int, now: int) -> bool:
         if not session.live:
             return False
+        # Never before the current run or pause began (an older stream entry ends it then).
         if session.paused:
             assert session.paused_at is not None
-            session.paused_ms += max(0, deadline - session.paused_at)
+            deadline = max(deadline, session.paused_at)
+            session.paused_ms += deadline - session.paused_at
             session.paused_at = session.pause_expires_at = None  # null unless paused
         else:
-            session.run_ms += max(0, deadline - session.run_started_at)
+            deadline = max(deadline, session.run_started_at)
+            session.run_ms += deadline - session.run_started_at
         session.status = "terminated"
         session.terminated_at = deadline
         session.termination_reason = reason

@@ -123,18 +123,23 @@ end
 -- its account's live set once for the whole batch (see flush_batch). A held entry of
 -- the session is left for expire_due to drop when it next reads it.
 -- The record keeps the session's running time in n (running_ms of the command) and,
--- when it ends paused, its paused time in qt.
+-- when it ends paused, its paused time in qt. A session never ends before its current
+-- run or pause began (a stream entry older than the API call that started it ends it
+-- at that start).
 local function terminate(sid, reason, deadline, now, loaded, batch)
   local key = session_key(sid)
   local h = loaded or redis.call('HMGET', key, 's', 'a', 'c', 'n', 'y', 'qa', 'qt')
   if not h[1] or h[1] == 't' then return false end
   local created = tonumber(h[3])
   local run = tonumber(h[4] or '0')
+  local since = tonumber(h[5] or h[3])
+  if h[1] == 'p' then since = tonumber(h[6]) end
+  if deadline < since then deadline = since end
   if h[1] == 'p' then
-    local qt = tonumber(h[7] or '0') + math.max(0, deadline - tonumber(h[6]))
+    local qt = tonumber(h[7] or '0') + (deadline - since)
     redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason, 'n', run, 'qt', qt)
   else
-    run = run + math.max(0, deadline - tonumber(h[5] or h[3]))
+    run = run + (deadline - since)
     redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason, 'n', run)
   end
   if batch then
