@@ -345,3 +345,19 @@ async def test_a_billing_hold_leaves_a_paused_session_paused(harness: Make) -> N
     await h.consume()
     assert (await h.store.resume("paused")).record.status == "running"
     assert [c["type"] for c in await h.commands()] == ["pause", "terminate", "resume"]
+
+
+async def test_a_stream_end_older_than_the_pause_ends_it_at_the_pause(harness: Make) -> None:
+    h: Harness = await harness()
+    t0 = await h.server_ms()
+    await past(h, t0 - 5_000, type="created", session_id="s1", account_id="acme")
+    await h.consume()
+    # The terminate entered the stream before the API pause, and is applied after it.
+    await past(h, t0 - 1_000, type="terminate", session_id="s1", account_id="acme")
+    paused = (await h.store.pause("s1")).record
+    assert (await h.consume()).outcomes == ["ended:requested"]
+    [_, end] = await h.commands()
+    assert int(end["deadline"]) == paused.paused_at
+    assert int(end["running_ms"]) == int(end["duration_ms"]) == paused.run_ms
+    rec = (await h.store.get_session("s1")).record
+    assert rec.terminated_at == paused.paused_at and rec.paused_ms == 0
