@@ -537,6 +537,7 @@ class LifecycleClient:
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
         keepalive_every: float | None = None,
+        on_inactivity: Literal["terminate", "pause"] | None = None,
     ) -> AsyncIterator[ManagedSession]:
         """Create a session for the block, keep it alive, and terminate it on the way out.
 
@@ -552,6 +553,7 @@ class LifecycleClient:
                 timeout_seconds=timeout_seconds,
                 inactivity_timeout_seconds=inactivity_timeout_seconds,
                 auto_kill=auto_kill,
+                on_inactivity=on_inactivity,
             )
         )
         try:

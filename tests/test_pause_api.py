@@ -240,13 +240,16 @@ async def call_once(d: Daemon, method: str, path: str) -> tuple[int, Any, Any]:
 async def test_sdk_and_cli_pause_and_resume(redis: Any, daemons: Start) -> None:
     d = daemons()
     async with LifecycleClient(d.api) as client:
-        async with client.session("acme", session_id="s1", timeout_seconds=600) as session:
+        async with client.session(
+            "acme", session_id="s1", timeout_seconds=600, on_inactivity="pause"
+        ) as session:
+            assert session.created.on_inactivity == "pause"
             await session.keepalive(source="ide")
             paused = await session.pause()
             assert paused.paused and paused.expires_at is None
             assert paused.pause_expires_at is not None and paused.paused_at is not None
             assert paused.last_activity_source == "ide" and paused.activity_count == 1
-            assert paused.on_inactivity == "terminate"
+            assert paused.on_inactivity == "pause"
             resumed = await session.resume()
             assert resumed.status == "running" and resumed.expires_at is not None
         updated = await client.create("acme", session_id="s2", on_inactivity="pause")
