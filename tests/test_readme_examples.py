@@ -55,8 +55,8 @@ async def test_sdk_examples(valkey: ValkeyProcess, daemons: Start) -> None:
     assert code == 0, err
     lines = out.splitlines()
     assert re.fullmatch(r"ses_\S+ ready \S+ \S+", lines[0]), lines
-    assert lines[1:3] == ["requested", "404 session_not_found"], lines
-    assert re.fullmatch(r"retry in [0-9.]+ s", lines[3]), lines
+    assert lines[1:4] == ["paused running", "requested", "404 session_not_found"], lines
+    assert re.fullmatch(r"retry in [0-9.]+ s", lines[4]), lines
 
     example = publisher_example.replace(EXAMPLE_REDIS, valkey.url)
     code, out, err = await run(sys.executable, "-c", example)
