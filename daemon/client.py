@@ -89,20 +89,29 @@ class SessionStatus(_ApiModel):
     session_id: str
     account_id: str
     plan: str
-    status: Literal["ready", "running", "terminated"]
+    status: Literal["ready", "running", "paused", "terminated"]
     created_at: datetime
-    expires_at: datetime
+    expires_at: datetime | None  # None while paused
     idle_expires_at: datetime | None
     last_activity_at: datetime
     max_lifetime_seconds: int
     inactivity_timeout_seconds: int
     auto_kill: bool
     terminates_at: datetime | None
-    remaining_seconds: float
+    remaining_seconds: float | None  # None while paused with no pause limit
     terminated_at: datetime | None
     termination_reason: (
-        Literal["max_lifetime", "inactivity", "requested", "billing", "external"] | None
+        Literal["max_lifetime", "inactivity", "requested", "billing", "external", "paused_timeout"]
+        | None
     )
+    # Pause and why-alive (SPEC §8); the defaults are what a 0.2 server's answer means.
+    on_inactivity: Literal["terminate", "pause"] = "terminate"
+    paused_at: datetime | None = None
+    pause_expires_at: datetime | None = None
+    paused_seconds_total: float = 0.0
+    running_seconds_total: float = 0.0
+    last_activity_source: str | None = None
+    activity_count: int = 0
 
     @field_validator(
         "created_at",
@@ -111,6 +120,8 @@ class SessionStatus(_ApiModel):
         "last_activity_at",
         "terminates_at",
         "terminated_at",
+        "paused_at",
+        "pause_expires_at",
     )
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
@@ -119,6 +130,10 @@ class SessionStatus(_ApiModel):
     @property
     def terminated(self) -> bool:
         return self.status == "terminated"
+
+    @property
+    def paused(self) -> bool:
+        return self.status == "paused"
 
 
 class TimelineEvent(_ApiModel):
@@ -442,6 +457,7 @@ class LifecycleClient:
         timeout_seconds: int | None = None,
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
+        on_inactivity: Literal["terminate", "pause"] | None = None,
     ) -> SessionStatus:
         """``POST /v1/sessions``; unset arguments take the server's defaults."""
         body = _without_none(
@@ -450,6 +466,7 @@ class LifecycleClient:
             timeout_seconds=timeout_seconds,
             inactivity_timeout_seconds=inactivity_timeout_seconds,
             auto_kill=auto_kill,
+            on_inactivity=on_inactivity,
         )
         result: SessionStatus = await self._status("POST", "/v1/sessions", body)
         return result
@@ -458,17 +475,27 @@ class LifecycleClient:
         result: SessionStatus = await self._status("GET", _session_path(session_id))
         return result
 
-    async def keepalive(self, session_id: str) -> SessionStatus:
-        path = _session_path(session_id) + "/keepalive"
-        result: SessionStatus = await self._status("POST", path)
+    async def _touch(self, session_id: str, route: str, source: str | None) -> SessionStatus:
+        body = None if source is None else {"source": source}
+        result: SessionStatus = await self._status("POST", _session_path(session_id) + route, body)
         return result
+
+    async def keepalive(self, session_id: str, source: str | None = None) -> SessionStatus:
+        """Push the inactivity deadline back; ``source`` says what kept it alive."""
+        return await self._touch(session_id, "/keepalive", source)
 
     async def activity(self, session_id: str, source: str | None = None) -> SessionStatus:
         """Record an action: like a keepalive, and a ``ready`` session becomes ``running``."""
-        path = _session_path(session_id) + "/activity"
-        body = None if source is None else {"source": source}
-        result: SessionStatus = await self._status("POST", path, body)
-        return result
+        return await self._touch(session_id, "/activity", source)
+
+    async def pause(self, session_id: str) -> SessionStatus:
+        """Pause (a paused session: no-op); the lifetime stops counting until resumed."""
+        return await self._touch(session_id, "/pause", None)
+
+    async def resume(self, session_id: str) -> SessionStatus:
+        """Resume a paused session (a running one: no-op); admitted like a create, so it
+        may raise :class:`PaymentRequired` or :class:`RateLimited` (``retry_after``)."""
+        return await self._touch(session_id, "/resume", None)
 
     async def update(
         self,
@@ -477,12 +504,14 @@ class LifecycleClient:
         timeout_seconds: int | None = None,
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
+        on_inactivity: Literal["terminate", "pause"] | None = None,
     ) -> SessionStatus:
         """``PATCH`` the given fields; the others stay as they are."""
         body = _without_none(
             timeout_seconds=timeout_seconds,
             inactivity_timeout_seconds=inactivity_timeout_seconds,
             auto_kill=auto_kill,
+            on_inactivity=on_inactivity,
         )
         result: SessionStatus = await self._status("PATCH", _session_path(session_id), body)
         return result
@@ -589,6 +618,7 @@ class LifecycleClient:
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
         keepalive_every: float | None = None,
+        on_inactivity: Literal["terminate", "pause"] | None = None,
         cancel_on_terminate: bool = False,
     ) -> AsyncIterator[ManagedSession]:
         """Create a session for the block, keep it alive, and terminate it on the way out.
@@ -611,6 +641,7 @@ class LifecycleClient:
                 timeout_seconds=timeout_seconds,
                 inactivity_timeout_seconds=inactivity_timeout_seconds,
                 auto_kill=auto_kill,
+                on_inactivity=on_inactivity,
             )
         )
         try:
@@ -743,8 +774,8 @@ class ManagedSession:
         self._learned(await self.client.status(self.session_id))
         return self.last_status
 
-    async def keepalive(self) -> SessionStatus:
-        return await self._update(self.client.keepalive(self.session_id))
+    async def keepalive(self, source: str | None = None) -> SessionStatus:
+        return await self._update(self.client.keepalive(self.session_id, source))
 
     async def activity(self, source: str | None = None) -> SessionStatus:
         return await self._update(self.client.activity(self.session_id, source))
@@ -811,6 +842,12 @@ class ManagedSession:
             f"Session {self.session_id} was terminated on the server{why}.",
             session=status,
         )
+
+    async def pause(self) -> SessionStatus:
+        return await self._update(self.client.pause(self.session_id))
+
+    async def resume(self) -> SessionStatus:
+        return await self._update(self.client.resume(self.session_id))
 
 
 def _session_path(session_id: str) -> str:

@@ -55,16 +55,19 @@ class PartitionExpirer:
 
     async def run_once(self) -> ExpireResult:
         result = await shielded(self.store.expire_due(self.pk))
-        if result.terminated:
+        if result.terminated or result.paused:
             m = self.metrics
             m.terminations.labels(reason="inactivity").inc(result.by_inactivity)
+            m.terminations.labels(reason="paused_timeout").inc(result.by_paused_timeout)
             m.terminations.labels(reason="max_lifetime").inc(
-                result.terminated - result.by_inactivity
+                result.terminated - result.by_inactivity - result.by_paused_timeout
             )
+            m.pauses.labels(reason="inactivity").inc(result.paused)
             for ms in result.lateness_ms:
                 m.expiry_lateness.observe(ms / 1000)
             log.debug("sessions_expired", partition=self.pk.partition,
-                      count=result.terminated, max_lateness_ms=max(result.lateness_ms))  # fmt: skip
+                      count=result.terminated, paused=result.paused,
+                      max_lateness_ms=max(result.lateness_ms))  # fmt: skip
         return result
 
     async def run(self) -> None:
@@ -74,7 +77,7 @@ class PartitionExpirer:
             self._applied_in_pass = False
             result = await self.run_once()
             self._held = result.held
-            if result.terminated >= self.store.settings.expire_batch:
+            if result.terminated + result.paused >= self.store.settings.expire_batch:
                 continue  # more are due right now
             if result.next_due_ms is None:
                 delay = MAX_SLEEP_SECONDS

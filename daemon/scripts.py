@@ -18,6 +18,8 @@ SCRIPT_NAMES = (
     "create_session",
     "get_session",
     "keepalive",
+    "pause_session",
+    "resume_session",
     "terminate_session",
     "patch_session",
     "get_account",

@@ -25,7 +25,7 @@ from daemon.settings import Settings
 class SessionView:
     record: SessionRecord
     now_ms: int
-    changed: bool = False  # terminate: this call ended the session
+    changed: bool = False  # terminate, pause, resume: this call made the change
 
     def status_object(self) -> dict[str, Any]:
         return self.record.status_object(self.now_ms)
@@ -110,6 +110,8 @@ class ExpireResult:
     held: bool
     warned: int
     by_inactivity: int
+    by_paused_timeout: int
+    paused: int  # paused at their inactivity deadline (on_inactivity = pause)
     lateness_ms: list[int]
 
 
@@ -226,6 +228,7 @@ class Store:
         inactivity_timeout_seconds: int | None,
         auto_kill: bool,
         deferred_error: str = "",
+        on_inactivity: str = "terminate",
     ) -> SessionView:
         """Admit and create a session; raises the SPEC §2 refusals in their order."""
         if len(self.partitions) > 1 and await self._locate(session_id) is not None:
@@ -237,6 +240,7 @@ class Store:
             "" if inactivity_timeout_seconds is None else inactivity_timeout_seconds,
             "1" if auto_kill else "0",
             deferred_error,
+            "p" if on_inactivity == "pause" else "",
             secrets.token_hex(8),  # this request's creation token
             CREATE_TOKEN_TTL_MS,
         )
@@ -292,6 +296,8 @@ class Store:
         code = int(reply[0])
         if code == -402:
             raise errors.PaymentRequired(_text(reply[1]))
+        if code == -429:
+            raise errors.ConcurrentSessionLimit(int(reply[1]))
         if code == -409:
             raise errors.SessionTerminated(f"Session {session_id} is terminated.")
         return _view(session_id, reply)
@@ -309,12 +315,20 @@ class Store:
     ) -> SessionView:
         """A keepalive, or with ``activity`` an action (``ready`` → ``running``).
 
-        ``source``: what acted, as the timeline shows it (default ``api``).
+        ``source``: what acted, as the status and the timeline show it (default ``api``).
         """
         return await self._by_id(
             "keepalive", session_id, GROUP, "1" if activity else "0", source or "",
             account=account,
         )  # fmt: skip
+
+    async def pause(self, session_id: str, account: str | None = None) -> SessionView:
+        """Pause; ``changed`` is false when it was paused already."""
+        return await self._by_id("pause_session", session_id, GROUP, account=account)
+
+    async def resume(self, session_id: str, account: str | None = None) -> SessionView:
+        """Resume, admitted like a create; ``changed`` is false when it was not paused."""
+        return await self._by_id("resume_session", session_id, GROUP, account=account)
 
     async def terminate(
         self, session_id: str, reason: str = "requested", account: str | None = None
@@ -328,6 +342,7 @@ class Store:
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
         account: str | None = None,
+        on_inactivity: str | None = None,
     ) -> SessionView:
         """Change a live session's limits; ``None`` leaves a field as it is."""
         pk = await self._locate(session_id)
@@ -341,6 +356,7 @@ class Store:
                 "" if inactivity_timeout_seconds is None else inactivity_timeout_seconds,
                 "" if auto_kill is None else ("1" if auto_kill else "0"),
                 account or "",
+                "" if on_inactivity is None else on_inactivity[0],
             )
         if reply is None or int(reply[0]) == -404:
             raise errors.SessionNotFound(f"No session {session_id}.")
@@ -530,5 +546,7 @@ class Store:
             held=int(reply[3]) == 1,
             warned=int(reply[4]),
             by_inactivity=int(reply[5]),
-            lateness_ms=[int(v) for v in reply[6:]],
+            by_paused_timeout=int(reply[6]),
+            paused=int(reply[7]),
+            lateness_ms=[int(v) for v in reply[8:]],
         )

@@ -68,6 +68,8 @@ async def test_help_lists_every_command_and_the_exit_codes() -> None:
         "status",
         "keepalive",
         "activity",
+        "pause",
+        "resume",
         "extend",
         "terminate",
         "sessions",

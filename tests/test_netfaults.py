@@ -178,7 +178,7 @@ async def test_create_sent_again_with_its_token_answers_created(harness: Any) ->
 
     async def create(token: str) -> list[Any]:
         reply: list[Any] = await h.store._call(
-            "create_session", h.pk, "s1", "acme", "60", "30", "1", "", token, 60_000
+            "create_session", h.pk, "s1", "acme", "60", "30", "1", "", "", token, 60_000
         )
         return reply
 

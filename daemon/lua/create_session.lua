@@ -9,10 +9,11 @@
     ARGV[14] auto_kill '1' or '0'
     ARGV[15] a field error found by the caller ('' = none), reported as 422 after the
              billing and concurrency checks, as SPEC §2 orders them
-    ARGV[16] the creation token: unique to one HTTP request ('' = none). The daemon sends
+    ARGV[16] on_inactivity 'p' (pause) or '' (terminate)
+    ARGV[17] the creation token: unique to one HTTP request ('' = none). The daemon sends
              the call again with the same token when the reply was lost on the way; the
              session this token created is then answered as created, not as 409.
-    ARGV[17] how long the token is kept (ms)
+    ARGV[18] how long the token is kept (ms)
   Output:
     {1, now, field, value, ...}  created; the session record
     {-402, billing status} | {-429, retry-after seconds} | {-422, message} | {-409, ''}
@@ -20,12 +21,13 @@
 --- @include "common"
 
 local now = now_ms()
-local token, token_key = ARGV[16] or '', BASE .. 'ct:' .. ARGV[10]
+local token, token_key = ARGV[17] or '', BASE .. 'ct:' .. ARGV[10]
 if token ~= '' and redis.call('GET', token_key) == token
    and redis.call('EXISTS', session_key(ARGV[10])) == 1 then
   return view(1, ARGV[10], now)
 end
-local code, value = create_session(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now)
+local code, value = create_session(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now,
+  ARGV[16])
 if code ~= 1 then return {code, value} end
-if token ~= '' then redis.call('SET', token_key, token, 'PX', tonumber(ARGV[17])) end
+if token ~= '' then redis.call('SET', token_key, token, 'PX', tonumber(ARGV[18])) end
 return view(1, ARGV[10], now)

@@ -1,6 +1,8 @@
 --[[
   Terminate the sessions of one partition whose deadline has passed, each with its
-  terminate command, in batches; and send due `expiring` warnings.
+  terminate command, in batches (a session with on_inactivity = pause is paused at its
+  inactivity deadline instead, with its pause command); and send due `expiring`
+  warnings. A paused session's deadline is its pause_expires_at (paused_timeout).
 
   Lag-safe rule: an inactivity deadline D fires only when every events-stream entry
   whose time is <= D has been applied (not pending, not undelivered), so activity
@@ -10,11 +12,13 @@
     ARGV[10] consumer group
     ARGV[11] batch size (most terminations in one call)
   Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
-           terminated for inactivity, lateness of each termination (ms)...}
+           terminated for inactivity, terminated for paused_timeout, paused for
+           inactivity, lateness of each termination or pause (ms)...}
     held = 1 when a passed inactivity deadline waits for the consumer; the next deadline
     leaves it out
-  Commands: terminate (max_lifetime | inactivity, deadline = the deadline that
-  passed), expiring.
+  Commands: terminate (max_lifetime | inactivity | paused_timeout, deadline = the
+  deadline that passed), pause (inactivity, deadline = the inactivity deadline),
+  expiring.
 ]]
 --- @include "common"
 --- @include "stream"
@@ -25,25 +29,38 @@ local now = now_ms()
 
 local idle_limit = inactivity_limit(group, now)
 
-local done, by_inactivity, lateness = 0, 0, {}
+local done, by_inactivity, by_paused, paused, lateness = 0, 0, 0, 0, {}
 local batch_done = {}
 local gone = {}  -- members to take out of the deadlines set, once for the whole batch
 
--- A live session's record ({s, a, c, ...}, as terminate reads it), its deadline and the
--- reason it ends with; nil for a session unknown or terminated.
+-- A live session's record ({s, a, c, n, y, qa, qt, ...}, as terminate reads it), its
+-- deadline, the reason it ends with and whether it pauses instead; nil for a session
+-- unknown, terminated, or paused with no pause deadline.
 local function live(sid)
-  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k')
-  if not h[1] or h[1] == 't' then return nil end
-  local deadline, reason = deadline_of(tonumber(h[4]), tonumber(h[5]), tonumber(h[6]), h[7])
-  return h, deadline, reason
+  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'n', 'y', 'qa', 'qt',
+    'e', 'l', 'i', 'k', 'o', 'qe')
+  if not h[1] or h[1] == 't' or (h[1] == 'p' and not h[13]) then return nil end
+  local deadline, reason, pauses = next_deadline({h[1], h[8], h[9], h[10], h[11], h[12], h[13]})
+  return h, deadline, reason, pauses
 end
 
-local function expire(sid, reason, deadline, h)
+-- Returns true when the session leaves the deadlines set (terminated); a paused one
+-- stays in it under its pause deadline.
+local function expire(sid, reason, deadline, h, pauses)
+  if pauses then
+    if pause(sid, 'inactivity', deadline, now) then
+      paused = paused + 1
+      lateness[#lateness + 1] = now - deadline
+    end
+    return false
+  end
   if terminate(sid, reason, deadline, now, h, batch_done) then
     done = done + 1
     if reason == 'inactivity' then by_inactivity = by_inactivity + 1 end
+    if reason == 'paused_timeout' then by_paused = by_paused + 1 end
     lateness[#lateness + 1] = now - deadline
   end
+  return true
 end
 
 -- A session whose inactivity deadline has passed but is held (lag-safe rule) stays in
@@ -53,9 +70,8 @@ end
 -- session ended) is dropped: the deadlines set holds that session's current deadline.
 local held_due = redis.call('ZRANGEBYSCORE', K_HELD, '-inf', idle_limit, 'LIMIT', 0, batch)
 for _, sid in ipairs(held_due) do
-  local h, deadline, reason = live(sid)
-  if h and deadline <= idle_limit then
-    expire(sid, reason, deadline, h)
+  local h, deadline, reason, pauses = live(sid)
+  if h and deadline <= idle_limit and expire(sid, reason, deadline, h, pauses) then
     gone[#gone + 1] = sid
   end
 end
@@ -65,22 +81,21 @@ local room = batch - #held_due
 if room > 0 then
   local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, room)
   for _, sid in ipairs(due) do
-    local h, deadline, reason = live(sid)
+    local h, deadline, reason, pauses = live(sid)
     if not h then
       gone[#gone + 1] = sid
     else
-      local e = tonumber(h[4])
+      local e = tonumber(h[8])
       if reason == 'inactivity' and deadline > idle_limit then
         if e <= now then
-          expire(sid, 'max_lifetime', e, h)
+          expire(sid, 'max_lifetime', e, h, false)
           gone[#gone + 1] = sid
         else
           redis.call('ZADD', K_HELD, deadline, sid)
           redis.call('ZADD', K_DEADLINES, e, sid)
         end
       elseif deadline <= now then
-        expire(sid, reason, deadline, h)
-        gone[#gone + 1] = sid
+        if expire(sid, reason, deadline, h, pauses) then gone[#gone + 1] = sid end
       else
         redis.call('ZADD', K_DEADLINES, deadline, sid)  -- a stale score: repair it
       end
@@ -96,7 +111,7 @@ if WARN_MS > 0 then
     redis.call('ZREM', K_WARN, sid)
     local key = session_key(sid)
     local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k')
-    if h[1] and h[1] ~= 't' then
+    if h[1] and h[1] ~= 't' and h[1] ~= 'p' then
       local deadline, reason = deadline_of(tonumber(h[3]), tonumber(h[4]), tonumber(h[5]), h[6])
       redis.call('HSET', key, 'w', deadline)
       emit('type', 'expiring', 'session_id', sid, 'account_id', h[2], 'reason', reason,
@@ -134,6 +149,6 @@ if WARN_MS > 0 then
     next_due = tonumber(head[2])
   end
 end
-local out = {done, next_due, now, held, warned, by_inactivity}
+local out = {done, next_due, now, held, warned, by_inactivity, by_paused, paused}
 for _, ms in ipairs(lateness) do out[#out + 1] = ms end
 return out
