@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import dead_letters, errors
+from daemon import dead_letters, errors, webhook_api
 from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
 from daemon.engine import Engine
 from daemon.metrics import Metrics
@@ -588,4 +588,5 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_put("/v1/accounts/{account_id}", put_account)
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)
     dead_letters.add_routes(app)
+    webhook_api.add_routes(app)
     return app

@@ -37,6 +37,9 @@ SCRIPT_NAMES = (
     "webhook_enqueue",
     "webhook_claim",
     "webhook_finish",
+    "webhook_remove",
+    "webhook_deliveries",
+    "webhook_replay",
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -118,8 +119,7 @@ class WebhookDispatcher:
 
     async def _read(self, pk: PartitionKeys) -> None:
         redis = self.store.redis
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-            await redis.xgroup_create(pk.commands, WEBHOOK_GROUP, id="$", mkstream=True)
+        await ensure_group(redis, pk)
         owned = False
         while True:
             if pk.partition not in self.engine.owned_partitions:
@@ -238,18 +238,47 @@ class WebhookDispatcher:
         self, pk: PartitionKeys, endpoint: Endpoint, claimed: Claimed
     ) -> tuple[str, str]:
         payload = body(claimed.type, claimed.entry_id, json.loads(claimed.data_json))
-        headers = signed_headers(
-            endpoint.secret, message_id(pk.partition, claimed.entry_id), payload
-        )
-        try:
-            async with self._session(endpoint).post(
-                endpoint.url, data=payload, headers=headers
-            ) as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return "ok", ""
-                return "fail", f"HTTP {resp.status}"
-        except TimeoutError:
-            return "fail", f"no answer within {self.settings.webhook_timeout_seconds:g} s"
-        except (aiohttp.ClientError, OSError) as exc:
-            return "fail", str(exc) or type(exc).__name__
+        msg_id = message_id(pk.partition, claimed.entry_id)
+        within = self.settings.webhook_timeout_seconds
+        sent = await send(self._session(endpoint), endpoint, msg_id, payload, within)
+        return ("ok" if sent.ok else "fail"), sent.error
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What became of one signed POST: the answer's status (None: no answer) and, unless
+    it was a 2xx, why it failed."""
+
+    status: int | None
+    error: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+async def send(
+    session: aiohttp.ClientSession, endpoint: Endpoint, msg_id: str, payload: str, within: float
+) -> Sent:
+    """POST one signed message to an endpoint (the session carries the ``within`` seconds
+    timeout)."""
+    headers = signed_headers(endpoint.secret, msg_id, payload)
+    try:
+        async with session.post(endpoint.url, data=payload, headers=headers) as resp:
+            await resp.read()
+            if 200 <= resp.status < 300:
+                return Sent(resp.status, "")
+            return Sent(resp.status, f"HTTP {resp.status}")
+    except TimeoutError:
+        return Sent(None, f"no answer within {within:g} s")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return Sent(None, str(exc) or type(exc).__name__)
+
+
+async def ensure_group(redis: Any, pk: PartitionKeys) -> None:
+    """Create the ``webhooks`` consumer group on the partition's commands stream, at its
+    end, if it is missing: an endpoint receives every command emitted after the group
+    exists. The dispatcher creates it when it starts, and the API before it stores an
+    endpoint, so an endpoint receives every command emitted after its creation returned."""
+    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+        await redis.xgroup_create(pk.commands, WEBHOOK_GROUP, id="$", mkstream=True)
