@@ -72,6 +72,7 @@ async def test_help_lists_every_command_and_the_exit_codes() -> None:
         "terminate",
         "sessions",
         "account",
+        "webhooks",
         "check-config",
     ):
         assert re.search(rf"^\s+{command}\s", result.out, re.M), command
