@@ -79,6 +79,7 @@ class WebhookDispatcher:
         self._wake = {pk.partition: asyncio.Event() for pk in store.partitions}
         self._tasks: list[asyncio.Task[None]] = []
         self._attempts: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     def start(self) -> None:
         spawn = asyncio.get_running_loop().create_task
@@ -87,17 +88,21 @@ class WebhookDispatcher:
             self._tasks.append(spawn(self._forever(self._pump, pk)))
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._attempts]:
+        # The loops also end by this flag: a cancellation that a library swallows (one that
+        # lands as a Redis reply or the wake-up event arrives) must not keep them running.
+        self._stopping = True
+        tasks = [*self._tasks, *self._attempts]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._attempts]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self.wake()
+        # Their cancellations are results here; a cancellation of stop() itself is not.
+        await asyncio.gather(*tasks, return_exceptions=True)
         for session in self._sessions.values():
             await session.close()
 
     async def _forever(self, body: Any, pk: PartitionKeys) -> None:
         delay = 0.05
-        while True:
+        while not self._stopping:
             try:
                 await body(pk)
             except asyncio.CancelledError:
@@ -121,7 +126,7 @@ class WebhookDispatcher:
         redis = self.store.redis
         await ensure_group(redis, pk)
         owned = False
-        while True:
+        while not self._stopping:
             if pk.partition not in self.engine.owned_partitions:
                 owned = False
                 await asyncio.sleep(0.2)
@@ -165,7 +170,7 @@ class WebhookDispatcher:
         last_refresh = -1e9
         s = self.settings
         claim_ms = round(s.webhook_timeout_seconds * 1000) + CLAIM_GRACE_MS
-        while True:
+        while not self._stopping:
             self._wake[pk.partition].clear()
             if loop.time() - last_refresh > IDLE_POLL_SECONDS:
                 await self._refresh()
@@ -186,8 +191,11 @@ class WebhookDispatcher:
             wait = IDLE_POLL_SECONDS
             if result.next_due_ms is not None:
                 wait = min(wait, max(0.0, (result.next_due_ms - result.now_ms) / 1000))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # comes as the event is set (each attempt sets it as it ends, at shutdown too).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake[pk.partition].wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake[pk.partition].wait()
 
     def _session(self, endpoint: Endpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.webhook_id)

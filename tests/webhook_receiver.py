@@ -5,6 +5,7 @@ in flight at once, and answers as the test tells it (a status, or hanging)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,17 +22,21 @@ class Received:
     webhook_id: str
     payload: dict[str, Any]
     at: float  # the receiver's loop time
+    wall: float  # time.time() when it arrived
 
 
 @dataclass
 class Receiver:
-    """Answers ``answer(webhook_id)`` (a status; None hangs until the receiver stops)."""
+    """Answers ``answer(webhook_id)`` (a status; None hangs until the receiver stops)
+    after ``delay`` seconds; ``got`` holds the requests answered 2xx, ``attempts`` counts
+    every verified request per id."""
 
     secret: str = ""
     answer: Callable[[str], int | None] = lambda _: 200
     delay: float = 0.0
     got: list[Received] = field(default_factory=list)
     refused: int = 0
+    attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     most_in_flight: int = 0
     port: int = field(default_factory=free_port)
@@ -53,6 +58,8 @@ class Receiver:
             self.refused += 1
             return web.Response(status=400)
         msg_id = request.headers["webhook-id"]
+        arrived = asyncio.get_running_loop().time(), time.time()
+        self.attempts[msg_id] += 1
         self.in_flight[msg_id] += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight[msg_id])
         try:
@@ -63,7 +70,7 @@ class Receiver:
             elif self.delay:
                 await asyncio.sleep(self.delay)
             if 200 <= status < 300:
-                self.got.append(Received(msg_id, payload, asyncio.get_running_loop().time()))
+                self.got.append(Received(msg_id, payload, *arrived))
             return web.Response(status=status)
         finally:
             self.in_flight[msg_id] -= 1
