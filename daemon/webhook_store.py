@@ -50,6 +50,8 @@ class Claimed:
 class ClaimResult:
     now_ms: int
     next_due_ms: int | None
+    backlog: int  # the named endpoints' deliveries in the partition, not delivered nor dead
+    dead: int  # and their dead deliveries
     claimed: list[Claimed]
 
 
@@ -79,7 +81,7 @@ class WebhookStore:
         for webhook_id, room in rooms.items():
             args += [webhook_id, room]
         reply = await self.store._call("webhook_claim", pk, *args)
-        rest = reply[2:]
+        rest = reply[4:]
         claimed = [
             Claimed(
                 _text(rest[i]),
@@ -91,7 +93,8 @@ class WebhookStore:
             for i in range(0, len(rest), 5)
         ]
         next_due = int(reply[1])
-        return ClaimResult(int(reply[0]), next_due if next_due >= 0 else None, claimed)
+        return ClaimResult(int(reply[0]), next_due if next_due >= 0 else None,
+                           int(reply[2]), int(reply[3]), claimed)  # fmt: skip
 
     async def finish(
         self,

@@ -60,7 +60,12 @@ class WebhookMetrics:
         )
         self.backlog = Gauge(
             "lifecycle_webhook_backlog",
-            "Webhook deliveries not yet delivered nor dead.",
+            "Webhook deliveries not yet delivered nor dead (every partition, every endpoint).",
+            registry=registry,
+        )
+        self.dead = Gauge(
+            "lifecycle_webhook_dead_deliveries",
+            "Dead webhook deliveries waiting to be replayed (or dropped with their endpoint).",
             registry=registry,
         )
 
@@ -80,6 +85,8 @@ class WebhookDispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._attempts: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._backlog: dict[int, int] = {}
+        self._dead: dict[int, int] = {}
 
     def start(self) -> None:
         spawn = asyncio.get_running_loop().create_task
@@ -183,6 +190,7 @@ class WebhookDispatcher:
             finally:
                 for w, room in rooms.items():
                     self._in_flight[w] -= room
+            self._count(pk.partition, result.backlog, result.dead)
             for claimed in result.claimed:
                 self._in_flight[claimed.webhook_id] = self._in_flight.get(claimed.webhook_id, 0) + 1
                 task = loop.create_task(self._attempt(pk, claimed, result.now_ms))
@@ -196,6 +204,12 @@ class WebhookDispatcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake[pk.partition].wait()
+
+    def _count(self, partition: int, backlog: int, dead: int) -> None:
+        """The gauges sum the partitions' counts, each as its pump saw it last."""
+        self._backlog[partition], self._dead[partition] = backlog, dead
+        self.metrics.backlog.set(sum(self._backlog.values()))
+        self.metrics.dead.set(sum(self._dead.values()))
 
     def _session(self, endpoint: Endpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.webhook_id)

@@ -139,6 +139,13 @@ async def test_dead_deliveries_are_listed_and_replayed_with_their_id(
             assert item["data"]["session_id"] == sid and item["data"]["reason"] == "requested"
             assert item["delivery_id"].startswith("cmd_0_") and item["dead_at"]
             assert receiver.got == []
+            metrics = f"http://127.0.0.1:{d.metrics_port}/metrics"
+            dead_gauge = "lifecycle_webhook_dead_deliveries 1.0"
+            await eventually(lambda: _has(http, metrics, dead_gauge), what="the dead gauge")
+            text = await _text(http, metrics)
+            assert "lifecycle_webhook_backlog 0.0" in text
+            assert 'lifecycle_webhook_deliveries_total{result="retry"} 1.0' in text
+            assert 'lifecycle_webhook_deliveries_total{result="dead"} 1.0' in text
 
             receiver.answer = lambda _: 200
             replay = f"{deliveries}/{item['delivery_id']}/replay"
@@ -148,6 +155,13 @@ async def test_dead_deliveries_are_listed_and_replayed_with_their_id(
             await eventually(lambda: _true(receiver.got), what="the replayed delivery")
             assert receiver.ids() == {item["delivery_id"]}  # the webhook-id of every attempt
             assert await dead() == []
+            done = 'lifecycle_webhook_deliveries_total{result="delivered"} 1.0'
+            await eventually(lambda: _has(http, metrics, done), what="the delivered count")
+            await eventually(
+                lambda: _has(http, metrics, "lifecycle_webhook_dead_deliveries 0.0"),
+                what="no dead delivery counted",
+            )
+            assert "lifecycle_webhook_latency_seconds_count 1.0" in await _text(http, metrics)
             status, answer = await _call(http, "POST", replay)
             assert status == 404 and answer["error"] == "delivery_not_found"
             status, answer = await _call(http, "POST", f"{deliveries}/cmd_9_1-0/replay")
@@ -186,3 +200,12 @@ async def test_removing_an_endpoint_deletes_its_deliveries(redis: Any, daemons: 
 
 async def _true(value: Any) -> bool:
     return bool(value)
+
+
+async def _text(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url) as resp:
+        return await resp.text()
+
+
+async def _has(http: aiohttp.ClientSession, url: str, line: str) -> bool:
+    return line in (await _text(http, url)).splitlines()

@@ -24,6 +24,13 @@ async def _add(client: LifecycleClient, receiver: Receiver) -> str:
     return made.webhook_id
 
 
+async def _terminate_sessions(client: LifecycleClient, count: int) -> None:
+    """Create and terminate ``count`` sessions, one account each: ``count`` commands."""
+    for i in range(count):
+        session = await client.create(f"acct-{i}")
+        await client.terminate(session.session_id)
+
+
 async def _terminate_commands(redis: Any) -> dict[str, dict[str, str]]:
     """The webhook-id each terminate command is delivered with -> its fields."""
     out = {}
@@ -87,9 +94,7 @@ async def test_kill_9_with_deliveries_pending_loses_none_and_keeps_their_ids(
     try:
         async with LifecycleClient(first.api) as client:
             await _add(client, receiver)
-            for i in range(count):
-                session = await client.create(f"acct-{i}")
-                await client.terminate(session.session_id)
+            await _terminate_sessions(client, count)
 
             async def attempted() -> bool:
                 return len(receiver.attempts) >= count // 2
@@ -121,9 +126,7 @@ async def test_two_replicas_never_make_the_same_attempt_at_once(redis: Any, daem
     try:
         async with LifecycleClient(a.api) as client:
             await _add(client, receiver)
-            for i in range(count):
-                session = await client.create(f"acct-{i}")
-                await client.terminate(session.session_id)
+            await _terminate_sessions(client, count)
 
             async def all_delivered() -> bool:
                 return len(receiver.ids()) >= count

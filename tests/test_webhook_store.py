@@ -6,7 +6,13 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from daemon.webhook_store import WEBHOOK_GROUP, Outgoing, WebhookStore, retry_delay_ms
+from daemon.webhook_store import (
+    WEBHOOK_GROUP,
+    Outgoing,
+    WebhookStore,
+    remove_deliveries,
+    retry_delay_ms,
+)
 
 
 async def _setup(harness: Callable[..., Any], redis: Any) -> tuple[Any, WebhookStore, str]:
@@ -29,6 +35,7 @@ async def test_enqueue_acknowledges_once_and_claims_hold_an_attempt(
     assert [(c.member, c.attempt, c.type) for c in first.claimed] == [
         (f"{entry}.wh_a", 1, "terminate")
     ]
+    assert (first.backlog, first.dead) == (2, 0)  # both endpoints' deliveries count
     # In flight: another replica's claim finds nothing due.
     assert (await ws.claim(h.pk, 60_000, {"wh_a": 5})).claimed == []
     assert await ws.finish(h.pk, first.claimed[0], "ok", 0, 3) == "delivered"
@@ -48,6 +55,22 @@ async def test_failures_retry_then_die_and_stale_outcomes_change_nothing(
     assert await ws.finish(h.pk, again, "fail", 0, 2, "HTTP 500") == "dead"
     assert await redis.zcard(h.pk.webhook_due("wh_a")) == 0
     assert await redis.zcard(h.pk.webhook_dead("wh_a")) == 1
+    counted = await ws.claim(h.pk, 0, {"wh_a": 1})
+    assert (counted.claimed, counted.backlog, counted.dead) == ([], 0, 1)
+
+
+async def test_a_removed_endpoint_gets_no_delivery_from_a_reader_that_still_listed_it(
+    harness: Callable[..., Any], redis: Any
+) -> None:
+    h, ws, entry = await _setup(harness, redis)
+    await ws.enqueue(h.pk, [Outgoing(entry, "terminate", "{}", ["wh_a", "wh_b"])])
+    assert await remove_deliveries(h.store, "wh_a") == 1
+    later = (await redis.xadd(h.pk.commands, {"type": "terminate"})).decode()
+    await redis.xreadgroup(WEBHOOK_GROUP, "r1", {h.pk.commands: ">"})
+    # A reader that read the endpoints just before the removal still names wh_a.
+    assert await ws.enqueue(h.pk, [Outgoing(later, "terminate", "{}", ["wh_a", "wh_b"])]) == 1
+    assert await redis.zrange(h.pk.webhook_due("wh_a"), 0, -1) == []
+    assert await redis.zcard(h.pk.webhook_due("wh_b")) == 2
 
 
 def test_retry_delays_grow_fourfold_within_half_either_way() -> None:
