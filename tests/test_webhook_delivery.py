@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -118,7 +119,7 @@ async def test_kill_9_with_deliveries_pending_loses_none_and_keeps_their_ids(
 
 async def test_two_replicas_never_make_the_same_attempt_at_once(redis: Any, daemons: Start) -> None:
     settings = {"webhook_timeout_seconds": 2, "webhook_retry_base_seconds": 0.05}
-    a, _ = daemons(**settings), daemons(**settings)
+    a, b = daemons(**settings), daemons(**settings)
     receiver = await Receiver(delay=0.1).start()
     # Two failures per command, then success: retries are claimed by either replica.
     receiver.answer = lambda msg_id: 500 if receiver.attempts[msg_id] <= 2 else 200
@@ -135,5 +136,23 @@ async def test_two_replicas_never_make_the_same_attempt_at_once(redis: Any, daem
         assert receiver.most_in_flight == 1
         assert all(n == 3 for n in receiver.attempts.values()), dict(receiver.attempts)
         assert len(receiver.got) == count  # delivered once each
+
+        async def all_counted() -> bool:
+            return _attempts_made(a) + _attempts_made(b) == 3 * count
+
+        await eventually(all_counted, what="every attempt's outcome recorded")
+        # Both replicas made attempts: the claims, not luck, kept them apart.
+        assert _attempts_made(a) > 0 and _attempts_made(b) > 0
     finally:
         await receiver.stop()
+
+
+def _attempts_made(daemon: Daemon) -> float:
+    url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("lifecycle_webhook_deliveries_total{")
+    )
