@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.servers import Daemon, eventually
+from tests.servers import Daemon, ValkeyProcess, eventually
 from tests.test_auth import ACME_KEY, ADMIN_KEY, API_KEYS, bearer
 from tests.webhook_receiver import Receiver
 
@@ -115,9 +115,12 @@ async def test_a_test_delivery_is_signed_and_reports_the_answer(redis: Any, daem
 
 
 async def test_dead_deliveries_are_listed_and_replayed_with_their_id(
-    redis: Any, daemons: Start
+    redis: Any, valkey: ValkeyProcess, daemons: Start
 ) -> None:
-    d = daemons(webhook_retry_base_seconds=0.05, webhook_max_attempts=2)
+    # As config/redis-users.acl's least-privileged user: every command it needs is allowed.
+    await redis.acl_log_reset()
+    d = daemons(webhook_retry_base_seconds=0.05, webhook_max_attempts=2,
+                redis_url=valkey.url_as("lifecycled"))  # fmt: skip
     receiver = await Receiver(answer=lambda _: 500).start()
     try:
         async with aiohttp.ClientSession() as http:
@@ -166,12 +169,16 @@ async def test_dead_deliveries_are_listed_and_replayed_with_their_id(
             assert status == 404 and answer["error"] == "delivery_not_found"
             status, answer = await _call(http, "POST", f"{deliveries}/cmd_9_1-0/replay")
             assert status == 404
+        assert await redis.acl_log() == []
     finally:
         await receiver.stop()
 
 
-async def test_removing_an_endpoint_deletes_its_deliveries(redis: Any, daemons: Start) -> None:
-    d = daemons(webhook_retry_base_seconds=60)
+async def test_removing_an_endpoint_deletes_its_deliveries(
+    redis: Any, valkey: ValkeyProcess, daemons: Start
+) -> None:
+    await redis.acl_log_reset()
+    d = daemons(webhook_retry_base_seconds=60, redis_url=valkey.url_as("lifecycled"))
     receiver = await Receiver(answer=lambda _: 500).start()
     try:
         async with aiohttp.ClientSession() as http:
@@ -192,6 +199,7 @@ async def test_removing_an_endpoint_deletes_its_deliveries(redis: Any, daemons: 
                 http, "DELETE", f"{d.api}/v1/webhooks/{made['webhook_id']}"
             )
             assert status == 200 and removed["deliveries_removed"] == 3
+        assert await redis.acl_log() == []
         left = [k async for k in redis.scan_iter("lifecycle:{0}:wh:*")]
         assert left == [f"lifecycle:{{0}}:wh:gone:{made['webhook_id']}".encode()]
     finally:

@@ -14,8 +14,7 @@
 local wid, member = ARGV[10], ARGV[11]
 local dead_key = BASE .. 'wh:dead:' .. wid
 local key = BASE .. 'wh:d:' .. member
-if not redis.call('ZSCORE', dead_key, member) then return {-404} end
-redis.call('ZREM', dead_key, member)
+if redis.call('ZREM', dead_key, member) == 0 then return {-404} end
 if redis.call('EXISTS', key) == 0 then return {-404} end
 local now = now_ms()
 redis.call('HSET', key, 'n', 0)
