@@ -10,6 +10,7 @@ from daemon.webhook_store import (
     WEBHOOK_GROUP,
     Outgoing,
     WebhookStore,
+    list_deliveries,
     remove_deliveries,
     retry_delay_ms,
 )
@@ -78,3 +79,22 @@ def test_retry_delays_grow_fourfold_within_half_either_way() -> None:
     for attempt in range(1, 6):
         delay = retry_delay_ms(5.0, attempt, rng)
         assert 2500 * 4 ** (attempt - 1) <= delay <= 7500 * 4 ** (attempt - 1)
+
+
+async def test_listing_and_removal_cover_every_partition(
+    harness: Callable[..., Any], redis: Any
+) -> None:
+    h = await harness(partitions=2)
+    ws = WebhookStore(h.store)
+    for pk in h.store.partitions:
+        await redis.xgroup_create(pk.commands, WEBHOOK_GROUP, id="0", mkstream=True)
+        entry = (await redis.xadd(pk.commands, {"type": "terminate"})).decode()
+        await redis.xreadgroup(WEBHOOK_GROUP, "r1", {pk.commands: ">"})
+        await ws.enqueue(pk, [Outgoing(entry, "terminate", '{"session_id": "s"}', ["wh_a"])])
+    pending = await list_deliveries(h.store, "wh_a", "pending", 10)
+    assert [d.partition for d in pending] == [0, 1]
+    assert all(d.attempts == 0 and d.type == "terminate" for d in pending)
+    assert len(await list_deliveries(h.store, "wh_a", "pending", 1)) == 1
+    assert await list_deliveries(h.store, "wh_a", "dead", 10) == []
+    assert await remove_deliveries(h.store, "wh_a") == 2
+    assert await list_deliveries(h.store, "wh_a", "pending", 10) == []
