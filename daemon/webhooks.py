@@ -35,6 +35,7 @@ log = structlog.get_logger("lifecycled.webhooks")
 CONCURRENCY = 8
 IDLE_POLL_SECONDS = 1.0
 CLAIM_GRACE_MS = 1000
+AUTOCLAIM_BATCH = 1000
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, *TRANSIENT_ERRORS)
 
 
@@ -140,20 +141,26 @@ class WebhookDispatcher:
                 continue
             if not owned:
                 owned = True
-                reply = await redis.xautoclaim(
-                    pk.commands,
-                    WEBHOOK_GROUP,
-                    self.engine.replica_id,
-                    min_idle_time=0,
-                    start_id="0-0",
-                    count=1000,
-                )
-                await self._enqueue(pk, [(e, f) for e, f in reply[1] if f is not None])
+                await self._take_over_pending(pk)
             reply = await redis.xreadgroup(
                 WEBHOOK_GROUP, self.engine.replica_id, {pk.commands: ">"}, count=500, block=1000
             )
             if reply:
                 await self._enqueue(pk, reply[0][1])
+
+    async def _take_over_pending(self, pk: PartitionKeys) -> None:
+        """Claim and enqueue every entry an earlier reader of the partition left pending
+        (it was killed, or lost the lease), a batch at a time."""
+        cursor: Any = "0-0"
+        while True:
+            reply = await self.store.redis.xautoclaim(
+                pk.commands, WEBHOOK_GROUP, self.engine.replica_id,
+                min_idle_time=0, start_id=cursor, count=AUTOCLAIM_BATCH,
+            )  # fmt: skip
+            await self._enqueue(pk, [(e, f) for e, f in reply[1] if f is not None])
+            cursor = reply[0]
+            if _text(cursor) == "0-0":
+                return
 
     async def _enqueue(self, pk: PartitionKeys, entries: list[Any]) -> None:
         if not entries:

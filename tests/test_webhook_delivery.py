@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.client import LifecycleClient
+from daemon.webhook_endpoints import Endpoints
+from daemon.webhooks import AUTOCLAIM_BATCH
 from tests.servers import Daemon, eventually
 from tests.webhook_receiver import Receiver
 
@@ -157,3 +159,32 @@ def _attempts_made(daemon: Daemon) -> float:
         for line in text.splitlines()
         if line.startswith("lifecycle_webhook_deliveries_total{")
     )
+
+
+async def test_commands_a_dead_reader_left_pending_are_all_delivered(
+    redis: Any, daemons: Start
+) -> None:
+    """More commands than one claim takes, read by a reader that died before it made
+    their deliveries: the next holder of the partition delivers every one."""
+    count = AUTOCLAIM_BATCH + 200
+    await redis.xgroup_create(COMMANDS, "webhooks", id="0", mkstream=True)
+    pipe = redis.pipeline(transaction=False)
+    for i in range(count):
+        pipe.xadd(COMMANDS, {"type": "terminate", "session_id": f"s{i}", "account_id": "acme",
+                             "reason": "requested"})  # fmt: skip
+    await pipe.execute()
+    await redis.xreadgroup("webhooks", "a-dead-replica", {COMMANDS: ">"}, count=count)
+    receiver = await Receiver().start()
+    try:
+        endpoint = await Endpoints(redis, "lifecycle").add({"url": receiver.url})
+        receiver.secret = endpoint.secret
+        daemons()
+
+        async def all_delivered() -> bool:
+            return len(receiver.ids()) >= count
+
+        await eventually(all_delivered, timeout=30, what="every pending command delivered")
+        assert receiver.ids() == set(await _terminate_commands(redis))
+        assert (await redis.xpending(COMMANDS, "webhooks"))["pending"] == 0
+    finally:
+        await receiver.stop()
