@@ -122,6 +122,12 @@ class WebhookDispatcher:
 
     async def _refresh(self) -> dict[str, Endpoint]:
         self._known = await self.endpoints.all()
+        # A removed endpoint's connections go with it (an attempt still using one fails,
+        # and its outcome changes nothing: the delivery is gone).
+        for webhook_id in [w for w in self._sessions if w not in self._known]:
+            session = self._sessions.pop(webhook_id, None)  # another loop may have taken it
+            if session is not None:
+                await session.close()
         return self._known
 
     def wake(self) -> None:
