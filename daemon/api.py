@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -22,8 +22,9 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import dead_letters, errors, webhook_api
+from daemon import dead_letters, errors, session_list, webhook_api
 from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
+from daemon.console import add_console, is_console_path
 from daemon.engine import Engine
 from daemon.metrics import Metrics
 from daemon.model import (
@@ -123,7 +124,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = request.app[ACCESS]
-    if not access.keys:
+    if not access.keys or is_console_path(request.path):  # the console logs in by cookie
         request[PRINCIPAL] = ADMIN
         return await handler(request)
     if request.path == OPENAPI_PATH and request.method in ("GET", "HEAD"):
@@ -557,8 +558,23 @@ def openapi_document() -> bytes:
     return (resources.files("daemon") / "openapi.json").read_bytes()
 
 
-async def openapi(_: web.Request) -> web.Response:
-    return web.Response(body=openapi_document(), content_type="application/json")
+@lru_cache(maxsize=8)
+def served_openapi_document(plans: tuple[tuple[str, int], ...]) -> bytes:
+    """The document with the loaded plans (name, max duration) in place of the shipped ones:
+    the enum of ``plan`` and the largest ``timeout_seconds``. The shipped plans give the
+    shipped document, byte for byte."""
+    doc = json.loads(openapi_document())
+    schemas = doc["components"]["schemas"]
+    schemas["AccountUpdate"]["properties"]["plan"]["enum"] = [name for name, _ in plans]
+    for name in ("SessionCreate", "SessionUpdate"):
+        schemas[name]["properties"]["timeout_seconds"]["maximum"] = max(m for _, m in plans)
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    plans = request.app[STORE].plans.values()
+    body = served_openapi_document(tuple((p.name, p.max_duration_seconds) for p in plans))
+    return web.Response(body=body, content_type="application/json")
 
 
 def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
@@ -588,5 +604,7 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_put("/v1/accounts/{account_id}", put_account)
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)
     dead_letters.add_routes(app)
+    add_console(app, store, engine, metrics)
+    session_list.add_routes(app)
     webhook_api.add_routes(app)
     return app

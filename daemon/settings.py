@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
-    metrics_host: str = "0.0.0.0"
+    # Probes and scrapes come from outside the host (SPEC §5); the API stays on loopback.
+    metrics_host: str = "0.0.0.0"  # nosec B104
     metrics_port: int = Field(default=9464, ge=1, le=65535)
 
     # Process
