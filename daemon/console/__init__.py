@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -52,9 +53,16 @@ ID_RULE = "Ids are 1-128 characters of [A-Za-z0-9._:-], starting with a letter o
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _listens_everywhere(host: str) -> bool:
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
 def console_url(host: str, port: int) -> str:
     """The console's address as a browser on this machine opens it."""
-    if host in ("", "0.0.0.0", "::"):
+    if _listens_everywhere(host):
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
@@ -113,13 +121,11 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         if app[OPEN]:
             # Nothing to log in to: the cookie only carries the browser's CSRF secret.
-            if auth.plausible_token(token):
-                assert token is not None
+            if token is not None and auth.plausible_token(token):
                 request[TOKEN] = token
             else:
                 request[TOKEN] = request[NEW_TOKEN] = auth.new_token()
-        elif await auth.valid_session(store.redis, prefix, token):
-            assert token is not None
+        elif token is not None and await auth.valid_session(store.redis, prefix, token):
             request[TOKEN] = token
         elif request.path != PREFIX + "/login":
             if request.method == "POST":
