@@ -299,7 +299,11 @@ async def send(
     timeout)."""
     headers = signed_headers(endpoint.secret, msg_id, payload)
     try:
-        async with session.post(endpoint.url, data=payload, headers=headers) as resp:
+        # A redirect is an answer, not a delivery: following it could hand the signed
+        # body to another host, or turn the POST into a GET that carries none.
+        async with session.post(
+            endpoint.url, data=payload, headers=headers, allow_redirects=False
+        ) as resp:
             await resp.read()
             if 200 <= resp.status < 300:
                 return Sent(resp.status, "")

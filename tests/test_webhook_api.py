@@ -106,6 +106,12 @@ async def test_a_test_delivery_is_signed_and_reports_the_answer(redis: Any, daem
             status, answer = await _call(http, "POST", test)
             assert answer["delivered"] is False and answer["status"] == 500
             assert answer["error"] == "HTTP 500"
+            elsewhere = await Receiver(secret=receiver.secret).start()
+            receiver.answer, receiver.redirect_to = (lambda _: 307), elsewhere.url
+            status, answer = await _call(http, "POST", test)
+            await elsewhere.stop()
+            assert answer["delivered"] is False and answer["error"] == "HTTP 307"
+            assert elsewhere.attempts == {} and elsewhere.refused == 0  # not followed
             receiver.answer = lambda _: None  # hangs
             status, answer = await _call(http, "POST", test)
             assert answer["delivered"] is False and answer["status"] is None

@@ -40,6 +40,7 @@ class Receiver:
     in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     most_in_flight: int = 0
     port: int = field(default_factory=free_port)
+    redirect_to: str = ""  # the Location of a 3xx answer
     _runner: web.AppRunner | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -71,6 +72,8 @@ class Receiver:
                 await asyncio.sleep(self.delay)
             if 200 <= status < 300:
                 self.got.append(Received(msg_id, payload, *arrived))
+            if 300 <= status < 400 and self.redirect_to:
+                return web.Response(status=status, headers={"Location": self.redirect_to})
             return web.Response(status=status)
         finally:
             self.in_flight[msg_id] -= 1
