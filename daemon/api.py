@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import dead_letters, errors, session_list
+from daemon import dead_letters, errors, session_list, webhook_api
 from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
 from daemon.console import add_console, is_console_path
 from daemon.engine import Engine
@@ -658,4 +658,5 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     dead_letters.add_routes(app)
     add_console(app, store, engine, metrics)
     session_list.add_routes(app)
+    webhook_api.add_routes(app)
     return app

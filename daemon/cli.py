@@ -28,6 +28,7 @@ from daemon.client import (
     SessionStatus,
     TimelineEvent,
     Unauthorized,
+    WebhookNotFound,
 )
 from daemon.embedded import EmbeddedError
 from daemon.logs import configure_logging
@@ -47,6 +48,7 @@ EXIT_INTERRUPTED = 130
 _EXIT_CODES: list[tuple[type[LifecycleClientError], int]] = [
     (ConnectionFailed, EXIT_UNREACHABLE),
     (SessionNotFound, EXIT_NOT_FOUND),
+    (WebhookNotFound, EXIT_NOT_FOUND),
     (PaymentRequired, EXIT_REFUSED),
     (RateLimited, EXIT_REFUSED),
     (InvalidRequest, EXIT_CONFIG),
@@ -628,6 +630,10 @@ def _add_api_commands(sub: Any) -> None:
         one = command(name, help, action, dead_sub)
         one.add_argument("entry", metavar="ENTRY", help="PARTITION:ID as listed, or ID")
         one.add_argument("--partition", type=int, metavar="P", help="the ID's partition (0)")
+
+    from daemon import webhook_cli
+
+    webhook_cli.add_commands(sub, common, _api_command)
 
     account = command("account", "show an account, or set its plan and billing status", api_account)
     account.add_argument("account", metavar="ACCOUNT")

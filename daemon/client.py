@@ -58,6 +58,10 @@ __all__ = [
     "SessionTerminated",
     "TimelineEvent",
     "Unauthorized",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookNotFound",
+    "WebhookTest",
 ]
 
 # Models
@@ -168,6 +172,51 @@ class Account(_ApiModel):
     max_duration_seconds: int
 
 
+class Webhook(_ApiModel):
+    """A webhook endpoint (SPEC §9); ``secret`` only in the answer that created it."""
+
+    webhook_id: str
+    url: str
+    types: list[str]
+    account_id: str | None
+    secret: str | None = None
+    deliveries_removed: int | None = None  # in the answer to a removal
+
+
+class WebhookTest(_ApiModel):
+    """What an endpoint answered to a test message: ``status`` None without an answer."""
+
+    webhook_id: str
+    message_id: str
+    delivered: bool
+    status: int | None
+    error: str | None
+    duration_ms: int
+
+
+class WebhookDelivery(_ApiModel):
+    """A pending or dead delivery of a command to an endpoint; ``delivery_id`` is the
+    ``webhook-id`` every attempt carries."""
+
+    delivery_id: str
+    webhook_id: str
+    partition: int
+    entry_id: str
+    type: str
+    state: Literal["pending", "dead"]
+    attempts: int
+    last_error: str | None
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    dead_at: datetime | None
+    data: dict[str, Any]
+
+    @field_validator("last_attempt_at", "next_attempt_at", "dead_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+
 class DeadLetter(_ApiModel):
     """An events-stream entry the daemon could not apply (SPEC §10): its original
     ``fields`` and the ``error`` that sent it to the dead-letter stream."""
@@ -256,6 +305,10 @@ class Forbidden(LifecycleClientError):
     """403: the API key's role may not do this (e.g. ``PUT`` an account without admin)."""
 
 
+class WebhookNotFound(LifecycleClientError):
+    """404: no such webhook endpoint, or no such dead delivery of it."""
+
+
 class ServiceUnavailable(LifecycleClientError):
     """503: the daemon cannot reach Redis right now."""
 
@@ -274,6 +327,8 @@ _ERRORS: dict[tuple[int, str | None], type[LifecycleClientError]] = {
     (401, None): Unauthorized,
     (402, None): PaymentRequired,
     (403, None): Forbidden,
+    (404, "webhook_not_found"): WebhookNotFound,
+    (404, "delivery_not_found"): WebhookNotFound,
     (404, None): SessionNotFound,
     (409, "session_terminated"): SessionTerminated,
     (409, None): Conflict,
@@ -583,6 +638,51 @@ class LifecycleClient:
         except ValidationError as exc:
             raise _bad_answer(path, exc) from None
 
+    # Webhook endpoints (admin)
+
+    async def webhooks(self) -> list[Webhook]:
+        """The webhook endpoints, without their secrets."""
+        return await self._list("/v1/webhooks", "webhooks", Webhook)
+
+    async def add_webhook(
+        self, url: str, *, types: list[str] | None = None, account_id: str | None = None
+    ) -> Webhook:
+        """Add an endpoint for ``types`` (default all) of ``account_id`` (default every
+        account); the answer holds its ``secret``, shown only this once."""
+        body = _without_none(url=url, types=types, account_id=account_id)
+        return await self._model("POST", "/v1/webhooks", Webhook, body)
+
+    async def webhook(self, webhook_id: str) -> Webhook:
+        return await self._model("GET", _webhook_path(webhook_id), Webhook)
+
+    async def remove_webhook(self, webhook_id: str) -> Webhook:
+        """Remove an endpoint and its pending and dead deliveries."""
+        return await self._model("DELETE", _webhook_path(webhook_id), Webhook)
+
+    async def test_webhook(self, webhook_id: str) -> WebhookTest:
+        """Send the endpoint one signed ``test`` message now; what it answered."""
+        return await self._model("POST", _webhook_path(webhook_id) + "/test", WebhookTest)
+
+    async def webhook_deliveries(
+        self, webhook_id: str, state: Literal["dead", "pending"] = "dead", limit: int = 100
+    ) -> list[WebhookDelivery]:
+        path = _webhook_path(webhook_id) + f"/deliveries?state={state}&limit={limit}"
+        return await self._list(path, "deliveries", WebhookDelivery)
+
+    async def replay_webhook_delivery(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
+        """Make a dead delivery due again now, with a fresh count of attempts."""
+        path = _webhook_path(webhook_id) + f"/deliveries/{quote(delivery_id, safe='')}/replay"
+        return await self._model("POST", path, WebhookDelivery)
+
+    async def _model(
+        self, method: str, path: str, model: type[_M], body: dict[str, Any] | None = None
+    ) -> _M:
+        data = await self._request(method, path, body)
+        try:
+            return model.from_api(data)
+        except ValidationError as exc:
+            raise _bad_answer(path, exc) from None
+
     # Dead letters (admin)
 
     async def dead_letters(
@@ -860,6 +960,10 @@ def _dead_letter_path(partition: int, entry_id: str) -> str:
 
 def _account_path(account_id: str) -> str:
     return "/v1/accounts/" + quote(account_id, safe="")
+
+
+def _webhook_path(webhook_id: str) -> str:
+    return "/v1/webhooks/" + quote(webhook_id, safe="")
 
 
 def _without_none(**fields: Any) -> dict[str, Any]:

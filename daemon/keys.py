@@ -23,6 +23,8 @@ Per partition (``P`` = ``key_prefix``):
                          j the command's fields (JSON), n attempts made, r last error
 - ``P:{p}:wh:due:<webhook>``  sorted set, the endpoint's deliveries -> next attempt (ms)
 - ``P:{p}:wh:dead:<webhook>`` sorted set, the endpoint's dead deliveries -> time (ms)
+- ``P:{p}:wh:gone:<webhook>`` string, set for an hour when the endpoint is removed: no
+                         delivery is made for it while it lasts
 
 Per deployment:
 
@@ -98,6 +100,10 @@ class PartitionKeys:
 
     def webhook_dead(self, webhook_id: str) -> str:
         return self.base + "wh:dead:" + webhook_id
+
+    def webhook_gone(self, webhook_id: str) -> str:
+        """Marks a removed endpoint (built in webhook_remove.lua and webhook_enqueue.lua)."""
+        return self.base + "wh:gone:" + webhook_id
 
     def delivery(self, member: str) -> str:
         return self.base + "wh:d:" + member

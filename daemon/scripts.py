@@ -39,6 +39,9 @@ SCRIPT_NAMES = (
     "webhook_enqueue",
     "webhook_claim",
     "webhook_finish",
+    "webhook_remove",
+    "webhook_deliveries",
+    "webhook_replay",
 )
 
 

@@ -74,6 +74,7 @@ async def test_help_lists_every_command_and_the_exit_codes() -> None:
         "terminate",
         "sessions",
         "account",
+        "webhooks",
         "dead-letters",
         "check-config",
     ):
