@@ -12,6 +12,9 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
 - ``P:{p}:lease``        string, the replica that consumes the partition now
+- ``P:{p}:depletions``   sorted set, metered account -> its depletion moment (ms)
+- ``P:{p}:lowbal``       sorted set, metered account -> time of its ``low_balance`` warning
+- ``P:{p}:consumed``     string, micro-credits consumed in the partition in all
 
 Per deployment:
 
@@ -73,6 +76,21 @@ class PartitionKeys:
     @property
     def lease(self) -> str:
         return self.base + "lease"
+
+    @property
+    def depletions(self) -> str:
+        """Account -> depletion moment; apart from ``deadlines`` (see common.lua)."""
+        return self.base + "depletions"
+
+    @property
+    def lowbal(self) -> str:
+        """Account -> time its ``low_balance`` warning is due."""
+        return self.base + "lowbal"
+
+    @property
+    def consumed(self) -> str:
+        """Micro-credits consumed in the partition, in all."""
+        return self.base + "consumed"
 
     def session(self, session_id: str) -> str:
         return self.base + "s:" + session_id

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(default=30000, ge=100)
     commands_maxlen: int = Field(default=1_000_000, ge=1)
     warn_before_seconds: int = Field(default=0, ge=0)
+    # SPEC §7: a low_balance command this long before a metered account's depletion.
+    low_balance_warn_seconds: int = Field(default=600, ge=0, le=10**9)
 
     # Work distribution and batching
     lease_ttl_ms: int = Field(default=5000, ge=500, le=600_000)

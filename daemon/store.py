@@ -119,7 +119,7 @@ class Store:
     @property
     def options(self) -> dict[str, int | str]:
         """Settings the scripts read as ``OPT.<name>`` (ARGV[9] in includes/common.lua)."""
-        return {}
+        return {"low_balance_warn_ms": self.settings.low_balance_warn_seconds * 1000}
 
     def set_plans(self, plans: dict[str, Plan]) -> None:
         self.plans = dict(plans)

@@ -35,6 +35,17 @@
   c created_at, e expires_at, l last_activity_at (ms), i inactivity timeout (s),
   k auto_kill "1"/"0", t terminated_at (ms), x termination reason, w the deadline an
   expiring warning was sent for. The maximum lifetime is (e - c) / 1000: not stored.
+  Credits (SPEC §7): mr the rate the session consumes (micro-credits per running hour,
+  the plan's at its start; absent: not metered), ma when it started running metered (ms;
+  absent while not running), mu micro-credits used by earlier runs (and, once
+  terminated, in all).
+
+  Account hash fields: plan, billing; credits: mb balance (micro-credits) at mt, mt the
+  time of the last settle (ms), mr burn (micro-credits per hour: the rates of its
+  running metered sessions), mn running metered sessions, mc micro-credits consumed in
+  all, ms metered session-milliseconds in all, mw '1' once a low_balance warning was
+  sent (cleared by a top-up that moves the depletion out of the warning window). An
+  account is metered once it has mb (its first top-up) and its plan has a rate.
 ]]
 local K_EVENTS, K_COMMANDS, K_DEAD = KEYS[1], KEYS[2], KEYS[3]
 local K_DEADLINES, K_HELD, K_WARN, K_LEASE = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -70,11 +81,46 @@ end
 local function session_key(sid) return BASE .. 's:' .. sid end
 local function account_key(account) return BASE .. 'a:' .. account end
 local function live_key(account) return BASE .. 'live:' .. account end
+-- Accounts' depletion moments and low-balance warning times: member account id. Sorted
+-- sets of their own, not members of the deadlines set: a session id may contain ':' and
+-- so may look like any account member, and a 0.2 expire_due drops deadlines members it
+-- finds no session record for.
+local K_DEPLETIONS = BASE .. 'depletions'
+local K_LOWBAL = BASE .. 'lowbal'
+local K_CONSUMED = BASE .. 'consumed'  -- micro-credits consumed in the partition, in all
+local LOWBAL_MS = (tonumber(OPT.low_balance_warn_ms) or 0)
 
 -- Plan name and billing status of an account; an account never written has the defaults.
 local function account_state(account)
   local v = redis.call('HMGET', account_key(account), 'plan', 'billing')
   return v[1] or DEFAULT_PLAN, v[2] or 'ok'
+end
+
+-- An integer as Redis should store it: Lua's own conversion keeps only 14 digits.
+local function int_str(n) return string.format('%.0f', n) end
+
+-- Micro-credits a burn of ``burn`` micro-credits per hour consumes in ``dt`` ms, rounded
+-- down; exact while the result is below 2^53 (balances are capped well below it), since
+-- every partial product is: burn = q*H + r, dt = dh*H + dm.
+local HOUR_MS = 3600000
+local function consumed(burn, dt)
+  if burn <= 0 or dt <= 0 then return 0 end
+  local q = math.floor(burn / HOUR_MS)
+  local r = burn - q * HOUR_MS
+  local dh = math.floor(dt / HOUR_MS)
+  local dm = dt - dh * HOUR_MS
+  return burn * dh + q * dm + math.floor(r * dm / HOUR_MS)
+end
+
+-- The first ms at which ``bal`` micro-credits settled at ``at`` are used up at ``burn``:
+-- a double estimate corrected against consumed(), so the deadline is never early.
+local function depletion_time(bal, at, burn)
+  if bal <= 0 then return at end
+  local dt = math.ceil(bal * HOUR_MS / burn)
+  if dt > 1e15 then return at + 1e15 end
+  while consumed(burn, dt) < bal do dt = dt + 1 end
+  while dt > 0 and consumed(burn, dt - 1) >= bal do dt = dt - 1 end
+  return at + dt
 end
 
 local function plan_limits(name)

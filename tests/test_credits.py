@@ -1,0 +1,33 @@
+"""Prepaid credits (SPEC §7): the exact arithmetic the scripts share."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from daemon.settings import Settings
+from daemon.store import Store
+
+COMMON = (resources.files("daemon") / "lua" / "includes" / "common.lua").read_text()
+
+
+async def _lua(redis: Any, body: str) -> Any:
+    store = Store(redis, Settings(), Settings().plans())
+    pk = store.partitions[0]
+    keys = [pk.events, pk.commands, pk.dead, pk.deadlines, pk.held, pk.warn, pk.lease]
+    args = [pk.base, store._plans_arg, "free", 0, 1000, 100, 1, 5000, store._options_arg]
+    return await redis.eval(COMMON + "\n" + body, len(keys), *keys, *args)
+
+
+def _consumed(burn: int, dt: int) -> int:
+    return burn * dt // 3_600_000
+
+
+async def test_consumption_and_depletion_are_exact_beyond_doubles(redis: Any) -> None:
+    cases = [(3_600_000_000, 5_000), (7, 123_456_789), (10**15, 3), (999_999_937, 86_400_000)]
+    for burn, dt in cases:
+        got = await _lua(redis, f"return int_str(consumed({burn}, {dt}))")
+        assert int(got) == _consumed(burn, dt)
+    for bal, burn in [(10_000_000, 3_600_000_000), (10**15, 7_200_000_001), (1, 1), (999, 3)]:
+        got = int(await _lua(redis, f"return int_str(depletion_time({bal}, 0, {burn}))"))
+        assert _consumed(burn, got) >= bal > _consumed(burn, got - 1)
