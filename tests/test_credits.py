@@ -31,3 +31,16 @@ async def test_consumption_and_depletion_are_exact_beyond_doubles(redis: Any) ->
     for bal, burn in [(10_000_000, 3_600_000_000), (10**15, 7_200_000_001), (1, 1), (999, 3)]:
         got = int(await _lua(redis, f"return int_str(depletion_time({bal}, 0, {burn}))"))
         assert _consumed(burn, got) >= bal > _consumed(burn, got - 1)
+
+
+async def test_settle_consumes_to_the_time_and_reschedules_depletion(redis: Any) -> None:
+    got = await _lua(
+        redis,
+        "redis.call('HSET', account_key('acme'), 'mb', '10000000', 'mt', '1000', 'mr', "
+        "'3600000000', 'mn', '1')\n"
+        "local bal, at, burn = settle('acme', 3000)\n"
+        "return {int_str(bal), int_str(at), int_str(reschedule('acme', bal, at, burn))}",
+    )
+    assert [int(v) for v in got] == [8_000_000, 3000, 11_000]
+    assert await redis.zscore("lifecycle:{0}:depletions", "acme") == 11_000
+    assert await redis.hget("lifecycle:{0}:a:acme", "ms") == b"2000"

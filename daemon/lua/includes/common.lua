@@ -285,6 +285,42 @@ local function set_billing(account, status, plan, at, now)
   return ended
 end
 
+-- Bring a metered account's balance to time t (no-op when t is not after its last settle).
+-- Returns bal, at, burn after it; nil for an account without a balance.
+local function settle(account, t)
+  local key = account_key(account)
+  local v = redis.call('HMGET', key, 'mb', 'mt', 'mr', 'mn')
+  if not v[1] then return nil end
+  local bal, at, burn, n = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  if t > at then
+    local used = math.min(bal, consumed(burn, t - at))
+    bal = bal - used
+    redis.call('HSET', key, 'mb', int_str(bal), 'mt', int_str(t))
+    if used > 0 then
+      redis.call('HINCRBY', key, 'mc', int_str(used))
+      redis.call('INCRBY', K_CONSUMED, int_str(used))
+    end
+    if n > 0 then redis.call('HINCRBY', key, 'ms', int_str(n * (t - at))) end
+    at = t
+  end
+  return bal, at, burn
+end
+
+-- Move an account's depletion (and low-balance warning) to match bal, at and burn.
+local function reschedule(account, bal, at, burn)
+  if burn <= 0 then
+    redis.call('ZREM', K_DEPLETIONS, account)
+    redis.call('ZREM', K_LOWBAL, account)
+    return nil
+  end
+  local dep = depletion_time(bal, at, burn)
+  redis.call('ZADD', K_DEPLETIONS, int_str(dep), account)
+  if LOWBAL_MS > 0 and redis.call('HGET', account_key(account), 'mw') ~= '1' then
+    redis.call('ZADD', K_LOWBAL, int_str(dep - LOWBAL_MS), account)
+  end
+  return dep
+end
+
 -- A session's record for the caller: {code, now, field, value, ...}.
 local function view(code, sid, now)
   local out = redis.call('HGETALL', session_key(sid))
