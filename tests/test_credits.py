@@ -44,3 +44,20 @@ async def test_settle_consumes_to_the_time_and_reschedules_depletion(redis: Any)
     assert [int(v) for v in got] == [8_000_000, 3000, 11_000]
     assert await redis.zscore("lifecycle:{0}:depletions", "acme") == 11_000
     assert await redis.hget("lifecycle:{0}:a:acme", "ms") == b"2000"
+
+
+async def test_meter_start_and_stop_move_the_burn_and_count_credits_used(redis: Any) -> None:
+    got = await _lua(
+        redis,
+        "redis.call('HSET', account_key('acme'), 'plan', 'metered', 'mb', '10000000', 'mt', '0')\n"
+        "PLANS['metered'] = {max_concurrent = -1, max_duration = 3600, credits_per_hour_micro ="
+        " 3600000000}\n"
+        "meter_start('acme', 's1', 1000)\n"
+        "local dep = redis.call('ZSCORE', K_DEPLETIONS, 'acme')\n"
+        "local used = meter_stop('acme', 's1', 3000)\n"
+        "local bal = redis.call('HGET', account_key('acme'), 'mb')\n"
+        "return {dep, int_str(used), bal, redis.call('ZSCORE', K_DEPLETIONS, 'acme') or 'none'}",
+    )
+    assert [v.decode() if isinstance(v, bytes) else v for v in got] == [
+        "11000", "2000000", "8000000", "none"
+    ]  # fmt: skip

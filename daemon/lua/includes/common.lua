@@ -321,6 +321,58 @@ local function reschedule(account, bal, at, burn)
   return dep
 end
 
+-- Charge (sign 1) or refund (sign -1) the run of a rate between t and the account's last
+-- settle ``at`` when a session starts or stops at t < at (a lagging entry, a late expiry).
+local function backdate(account, rate, t, at, bal, sign)
+  if t >= at then return bal end
+  local amount = consumed(rate, at - t)
+  if sign > 0 then amount = math.min(amount, bal) end
+  bal = bal - sign * amount
+  local key = account_key(account)
+  redis.call('HSET', key, 'mb', int_str(bal))
+  redis.call('HINCRBY', key, 'mc', int_str(sign * amount))
+  redis.call('HINCRBY', key, 'ms', int_str(sign * (at - t)))
+  return bal
+end
+
+-- A session starts running at t (create; resume): when its account is metered and its
+-- plan has a rate, the session keeps that rate (a later plan change does not rewrite it).
+local function meter_start(account, sid, t)
+  local plan = plan_limits((account_state(account)))
+  local skey = session_key(sid)
+  local rate = tonumber(redis.call('HGET', skey, 'mr')) or plan.credits_per_hour_micro
+  if rate < 0 then return end
+  local bal, at, burn = settle(account, t)
+  if not bal then return end
+  bal = backdate(account, rate, t, at, bal, 1)
+  redis.call('HSET', skey, 'mr', int_str(rate), 'ma', int_str(t))
+  redis.call('HINCRBY', account_key(account), 'mn', 1)
+  burn = burn + rate
+  redis.call('HSET', account_key(account), 'mr', int_str(burn))
+  reschedule(account, bal, at, burn)
+end
+
+-- A session stops running at t (every termination; pause). Returns the micro-credits it
+-- has used in all (0 when not metered) and records them as mu.
+local function meter_stop(account, sid, t)
+  local skey = session_key(sid)
+  local v = redis.call('HMGET', skey, 'mr', 'ma', 'mu')
+  local used = tonumber(v[3]) or 0
+  if not v[1] or not v[2] then return used end
+  local rate, started = tonumber(v[1]), tonumber(v[2])
+  used = used + consumed(rate, math.max(0, t - started))
+  redis.call('HSET', skey, 'mu', int_str(used))
+  redis.call('HDEL', skey, 'ma')
+  local bal, at, burn = settle(account, t)
+  if not bal then return used end
+  bal = backdate(account, rate, t, at, bal, -1)
+  redis.call('HINCRBY', account_key(account), 'mn', -1)
+  burn = math.max(0, burn - rate)
+  redis.call('HSET', account_key(account), 'mr', int_str(burn))
+  reschedule(account, bal, at, burn)
+  return used
+end
+
 -- A session's record for the caller: {code, now, field, value, ...}.
 local function view(code, sid, now)
   local out = redis.call('HGETALL', session_key(sid))
