@@ -61,3 +61,22 @@ async def test_meter_start_and_stop_move_the_burn_and_count_credits_used(redis: 
     assert [v.decode() if isinstance(v, bytes) else v for v in got] == [
         "11000", "2000000", "8000000", "none"
     ]  # fmt: skip
+
+
+async def test_create_and_terminate_meter_a_metered_account(
+    redis: Any, tmp_path: Any, harness: Any
+) -> None:
+    plans = tmp_path / "plans.toml"
+    plans.write_text("[plans.metered]\nmax_duration_seconds = 3600\ncredits_per_hour = 3600\n")
+    h = await harness(plans_file=str(plans), default_plan="metered")
+    account = "lifecycle:{0}:a:acme"
+    await redis.hset(account, mapping={"mb": "10000000", "mt": str(await h.server_ms())})
+    view = await h.store.create_session("s1", "acme", None, None, True)
+    assert await redis.zscore("lifecycle:{0}:depletions", "acme") is not None
+    assert int(await redis.hget(account, "mr")) == 3_600_000_000
+    await h.store.terminate("s1")
+    assert await redis.zscore("lifecycle:{0}:depletions", "acme") is None
+    assert int(await redis.hget(account, "mr")) == 0
+    used = int(await redis.hget("lifecycle:{0}:s:s1", "mu"))
+    assert 0 <= used == 10_000_000 - int(await redis.hget(account, "mb"))
+    assert view.record.session_id == "s1"

@@ -150,141 +150,6 @@ local function emit(...)
   return redis.call('XADD', K_COMMANDS, 'MAXLEN', '~', COMMANDS_MAXLEN, '*', ...)
 end
 
--- The single place a session becomes terminated. Returns false (and writes nothing)
--- when it is unknown or already terminated: this check is what makes the terminate
--- command exactly-once across retries, crashes and replicas.
--- ``loaded``: the session's {status, account, created_at} when the caller has read them.
--- ``batch``: expire_due's batch, which takes the session out of the deadlines set and
--- its account's live set once for the whole batch (see flush_batch). A held entry of
--- the session is left for expire_due to drop when it next reads it.
-local function terminate(sid, reason, deadline, now, loaded, batch)
-  local key = session_key(sid)
-  local h = loaded or redis.call('HMGET', key, 's', 'a', 'c')
-  if not h[1] or h[1] == 't' then return false end
-  redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason)
-  if batch then
-    local of_account = batch[h[2]]
-    if not of_account then
-      of_account = {}
-      batch[h[2]] = of_account
-    end
-    of_account[#of_account + 1] = sid
-  else
-    redis.call('ZREM', K_DEADLINES, sid)
-    redis.call('SREM', live_key(h[2]), sid)
-  end
-  if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
-  redis.call('PEXPIRE', key, RETENTION_MS)
-  if reason ~= 'external' then
-    local created = tonumber(h[3])
-    emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
-      'deadline', deadline, 'emitted_at', now, 'created_at', created,
-      'duration_ms', math.max(0, deadline - created))
-  end
-  return true
-end
-
--- Finish a batch of terminations: one SREM per account.
-local function flush_batch(batch)
-  for account, sids in pairs(batch) do
-    redis.call('SREM', live_key(account), unpack(sids))
-  end
-end
-
--- Seconds until the earliest live session of the account ends (at least 1).
-local function retry_after_seconds(account, now)
-  local earliest = nil
-  for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
-    local h = redis.call('HMGET', session_key(sid), 'e', 'l', 'i', 'k')
-    if h[1] then
-      local d = deadline_of(tonumber(h[1]), tonumber(h[2]), tonumber(h[3]), h[4])
-      if earliest == nil or d < earliest then earliest = d end
-    end
-  end
-  if earliest == nil then return 1 end
-  return math.max(1, math.ceil((earliest - now) / 1000))
-end
-
---[[
-  Admission (SPEC §2, in its order) and creation of a session.
-  timeout and inactivity are strings ('' = default); auto_kill '1'/'0';
-  deferred_error: a field error found by the caller, reported after billing and limits.
-  Returns 1, deadline | -402, billing status | -429, retry-after seconds
-        | -422, message | -409, ''
-]]
-local function create_session(sid, account, timeout, inactivity, auto_kill, deferred_error,
-                              created_at)
-  local plan_name, billing = account_state(account)
-  if billing ~= 'ok' then return -402, billing end
-  local plan = plan_limits(plan_name)
-  if plan.max_concurrent >= 0
-     and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
-    return -429, retry_after_seconds(account, created_at)
-  end
-  if deferred_error ~= '' then return -422, deferred_error end
-  local m = tonumber(timeout) or math.min(3600, plan.max_duration)
-  if m > plan.max_duration then
-    return -422, 'timeout_seconds ' .. m .. ' is over the maximum of plan ' .. plan_name
-      .. ' (' .. plan.max_duration .. ' seconds)'
-  end
-  local key = session_key(sid)
-  if redis.call('EXISTS', key) == 1 then return -409, '' end
-  local i = tonumber(inactivity) or 300
-  local e = created_at + m * 1000
-  redis.call('HSET', key, 'a', account, 'p', plan_name, 's', 'r', 'c', created_at,
-    'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
-  redis.call('SADD', live_key(account), sid)
-  return 1, schedule(sid, e, created_at, i, auto_kill, nil)
-end
-
---[[
-  Activity or keepalive at time ts (ms). Moves last_activity_at forward only; an
-  activity also turns a ready session running. Returns 'applied' or 'ignored:<why>'.
-  arrived: when a stream entry entered the stream (nil through the API). An entry that
-  arrived after the session's deadline came too late: the deadline passed without it
-  (every earlier entry has been applied, in stream order), so the session ends at that
-  deadline now, and 'ended:<reason>' is returned.
-]]
-local function touch(sid, account, ts, is_activity, arrived, now)
-  local key = session_key(sid)
-  local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k', 'w')
-  if not h[1] then return 'ignored:unknown_session' end
-  if h[2] ~= account then return 'ignored:unknown_session' end
-  if h[1] == 't' then return 'ignored:terminated' end
-  local l = tonumber(h[4])
-  if arrived then
-    local deadline, reason = deadline_of(tonumber(h[3]), l, tonumber(h[5]), h[6])
-    if deadline < arrived then
-      terminate(sid, reason, deadline, now)
-      return 'ended:' .. reason
-    end
-  end
-  if ts < l then return 'ignored:stale' end
-  if is_activity and h[1] == 'r' then redis.call('HSET', key, 's', 'u') end
-  if ts > l then
-    redis.call('HSET', key, 'l', ts)
-    -- Without auto_kill the deadline is the maximum lifetime, which activity never moves.
-    if h[6] == '1' then schedule(sid, tonumber(h[3]), ts, tonumber(h[5]), h[6], h[7]) end
-  end
-  return 'applied'
-end
-
--- Billing status (and optionally plan) of an account; a hold terminates its live sessions.
-local function set_billing(account, status, plan, at, now)
-  if plan ~= '' then
-    redis.call('HSET', account_key(account), 'plan', plan, 'billing', status)
-  else
-    redis.call('HSET', account_key(account), 'billing', status)
-  end
-  local ended = 0
-  if status ~= 'ok' and BILLING_HOLD then
-    for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
-      if terminate(sid, 'billing', at, now) then ended = ended + 1 end
-    end
-  end
-  return ended
-end
-
 -- Bring a metered account's balance to time t (no-op when t is not after its last settle).
 -- Returns bal, at, burn after it; nil for an account without a balance.
 local function settle(account, t)
@@ -371,6 +236,143 @@ local function meter_stop(account, sid, t)
   redis.call('HSET', account_key(account), 'mr', int_str(burn))
   reschedule(account, bal, at, burn)
   return used
+end
+
+-- The single place a session becomes terminated. Returns false (and writes nothing)
+-- when it is unknown or already terminated: this check is what makes the terminate
+-- command exactly-once across retries, crashes and replicas.
+-- ``loaded``: the session's {status, account, created_at} when the caller has read them.
+-- ``batch``: expire_due's batch, which takes the session out of the deadlines set and
+-- its account's live set once for the whole batch (see flush_batch). A held entry of
+-- the session is left for expire_due to drop when it next reads it.
+local function terminate(sid, reason, deadline, now, loaded, batch)
+  local key = session_key(sid)
+  local h = loaded or redis.call('HMGET', key, 's', 'a', 'c')
+  if not h[1] or h[1] == 't' then return false end
+  redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason)
+  meter_stop(h[2], sid, deadline)
+  if batch then
+    local of_account = batch[h[2]]
+    if not of_account then
+      of_account = {}
+      batch[h[2]] = of_account
+    end
+    of_account[#of_account + 1] = sid
+  else
+    redis.call('ZREM', K_DEADLINES, sid)
+    redis.call('SREM', live_key(h[2]), sid)
+  end
+  if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
+  redis.call('PEXPIRE', key, RETENTION_MS)
+  if reason ~= 'external' then
+    local created = tonumber(h[3])
+    emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
+      'deadline', deadline, 'emitted_at', now, 'created_at', created,
+      'duration_ms', math.max(0, deadline - created))
+  end
+  return true
+end
+
+-- Finish a batch of terminations: one SREM per account.
+local function flush_batch(batch)
+  for account, sids in pairs(batch) do
+    redis.call('SREM', live_key(account), unpack(sids))
+  end
+end
+
+-- Seconds until the earliest live session of the account ends (at least 1).
+local function retry_after_seconds(account, now)
+  local earliest = nil
+  for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
+    local h = redis.call('HMGET', session_key(sid), 'e', 'l', 'i', 'k')
+    if h[1] then
+      local d = deadline_of(tonumber(h[1]), tonumber(h[2]), tonumber(h[3]), h[4])
+      if earliest == nil or d < earliest then earliest = d end
+    end
+  end
+  if earliest == nil then return 1 end
+  return math.max(1, math.ceil((earliest - now) / 1000))
+end
+
+--[[
+  Admission (SPEC §2, in its order) and creation of a session.
+  timeout and inactivity are strings ('' = default); auto_kill '1'/'0';
+  deferred_error: a field error found by the caller, reported after billing and limits.
+  Returns 1, deadline | -402, billing status | -429, retry-after seconds
+        | -422, message | -409, ''
+]]
+local function create_session(sid, account, timeout, inactivity, auto_kill, deferred_error,
+                              created_at)
+  local plan_name, billing = account_state(account)
+  if billing ~= 'ok' then return -402, billing end
+  local plan = plan_limits(plan_name)
+  if plan.max_concurrent >= 0
+     and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
+    return -429, retry_after_seconds(account, created_at)
+  end
+  if deferred_error ~= '' then return -422, deferred_error end
+  local m = tonumber(timeout) or math.min(3600, plan.max_duration)
+  if m > plan.max_duration then
+    return -422, 'timeout_seconds ' .. m .. ' is over the maximum of plan ' .. plan_name
+      .. ' (' .. plan.max_duration .. ' seconds)'
+  end
+  local key = session_key(sid)
+  if redis.call('EXISTS', key) == 1 then return -409, '' end
+  local i = tonumber(inactivity) or 300
+  local e = created_at + m * 1000
+  redis.call('HSET', key, 'a', account, 'p', plan_name, 's', 'r', 'c', created_at,
+    'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
+  redis.call('SADD', live_key(account), sid)
+  meter_start(account, sid, created_at)
+  return 1, schedule(sid, e, created_at, i, auto_kill, nil)
+end
+
+--[[
+  Activity or keepalive at time ts (ms). Moves last_activity_at forward only; an
+  activity also turns a ready session running. Returns 'applied' or 'ignored:<why>'.
+  arrived: when a stream entry entered the stream (nil through the API). An entry that
+  arrived after the session's deadline came too late: the deadline passed without it
+  (every earlier entry has been applied, in stream order), so the session ends at that
+  deadline now, and 'ended:<reason>' is returned.
+]]
+local function touch(sid, account, ts, is_activity, arrived, now)
+  local key = session_key(sid)
+  local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k', 'w')
+  if not h[1] then return 'ignored:unknown_session' end
+  if h[2] ~= account then return 'ignored:unknown_session' end
+  if h[1] == 't' then return 'ignored:terminated' end
+  local l = tonumber(h[4])
+  if arrived then
+    local deadline, reason = deadline_of(tonumber(h[3]), l, tonumber(h[5]), h[6])
+    if deadline < arrived then
+      terminate(sid, reason, deadline, now)
+      return 'ended:' .. reason
+    end
+  end
+  if ts < l then return 'ignored:stale' end
+  if is_activity and h[1] == 'r' then redis.call('HSET', key, 's', 'u') end
+  if ts > l then
+    redis.call('HSET', key, 'l', ts)
+    -- Without auto_kill the deadline is the maximum lifetime, which activity never moves.
+    if h[6] == '1' then schedule(sid, tonumber(h[3]), ts, tonumber(h[5]), h[6], h[7]) end
+  end
+  return 'applied'
+end
+
+-- Billing status (and optionally plan) of an account; a hold terminates its live sessions.
+local function set_billing(account, status, plan, at, now)
+  if plan ~= '' then
+    redis.call('HSET', account_key(account), 'plan', plan, 'billing', status)
+  else
+    redis.call('HSET', account_key(account), 'billing', status)
+  end
+  local ended = 0
+  if status ~= 'ok' and BILLING_HOLD then
+    for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
+      if terminate(sid, 'billing', at, now) then ended = ended + 1 end
+    end
+  end
+  return ended
 end
 
 -- A session's record for the caller: {code, now, field, value, ...}.
