@@ -5,6 +5,9 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+import pytest
+
+from daemon import errors
 from daemon.settings import Settings
 from daemon.store import Store
 
@@ -80,3 +83,15 @@ async def test_create_and_terminate_meter_a_metered_account(
     used = int(await redis.hget("lifecycle:{0}:s:s1", "mu"))
     assert 0 <= used == 10_000_000 - int(await redis.hget(account, "mb"))
     assert view.record.session_id == "s1"
+
+
+async def test_create_with_a_zero_balance_is_402_balance_depleted(
+    redis: Any, tmp_path: Any, harness: Any
+) -> None:
+    plans = tmp_path / "plans.toml"
+    plans.write_text("[plans.metered]\nmax_duration_seconds = 3600\ncredits_per_hour = 3600\n")
+    h = await harness(plans_file=str(plans), default_plan="metered")
+    await redis.hset("lifecycle:{0}:a:acme", mapping={"mb": "0", "mt": "0"})
+    with pytest.raises(errors.PaymentRequired, match="balance_depleted"):
+        await h.store.create_session("s1", "acme", None, None, True)
+    await h.store.create_session("s2", "other", None, None, True)  # no balance: unmetered

@@ -306,6 +306,11 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   local plan_name, billing = account_state(account)
   if billing ~= 'ok' then return -402, billing end
   local plan = plan_limits(plan_name)
+  if plan.credits_per_hour_micro >= 0 then
+    local m = redis.call('HMGET', account_key(account), 'mb', 'mt', 'mr')
+    if m[1] and tonumber(m[1]) - consumed(tonumber(m[3]) or 0, created_at - tonumber(m[2])) <= 0
+    then return -402, 'balance_depleted' end
+  end
   if plan.max_concurrent >= 0
      and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
     return -429, retry_after_seconds(account, created_at)
