@@ -22,6 +22,13 @@ async def _lua(redis: Any, body: str) -> Any:
     return await redis.eval(COMMON + "\n" + body, len(keys), *keys, *args)
 
 
+async def _metered(harness: Any, tmp_path: Any) -> Any:
+    """A harness whose default plan consumes 1 credit per running second."""
+    plans = tmp_path / "plans.toml"
+    plans.write_text("[plans.metered]\nmax_duration_seconds = 3600\ncredits_per_hour = 3600\n")
+    return await harness(plans_file=str(plans), default_plan="metered")
+
+
 def _consumed(burn: int, dt: int) -> int:
     return burn * dt // 3_600_000
 
@@ -69,9 +76,7 @@ async def test_meter_start_and_stop_move_the_burn_and_count_credits_used(redis: 
 async def test_create_and_terminate_meter_a_metered_account(
     redis: Any, tmp_path: Any, harness: Any
 ) -> None:
-    plans = tmp_path / "plans.toml"
-    plans.write_text("[plans.metered]\nmax_duration_seconds = 3600\ncredits_per_hour = 3600\n")
-    h = await harness(plans_file=str(plans), default_plan="metered")
+    h = await _metered(harness, tmp_path)
     account = "lifecycle:{0}:a:acme"
     await redis.hset(account, mapping={"mb": "10000000", "mt": str(await h.server_ms())})
     view = await h.store.create_session("s1", "acme", None, None, True)
@@ -88,9 +93,7 @@ async def test_create_and_terminate_meter_a_metered_account(
 async def test_create_with_a_zero_balance_is_402_balance_depleted(
     redis: Any, tmp_path: Any, harness: Any
 ) -> None:
-    plans = tmp_path / "plans.toml"
-    plans.write_text("[plans.metered]\nmax_duration_seconds = 3600\ncredits_per_hour = 3600\n")
-    h = await harness(plans_file=str(plans), default_plan="metered")
+    h = await _metered(harness, tmp_path)
     await redis.hset("lifecycle:{0}:a:acme", mapping={"mb": "0", "mt": "0"})
     with pytest.raises(errors.PaymentRequired, match="balance_depleted"):
         await h.store.create_session("s1", "acme", None, None, True)
