@@ -1,8 +1,11 @@
 """The HTTP API (SPEC §4): JSON in and out, every error as ``{"error", "message"}``.
 
-Two middlewares wrap every handler: ``error_middleware`` (outermost) turns refusals,
-routing errors and Redis outages into the error body; ``auth_middleware`` checks the
-bearer key, the failed-authentication block, and records who is calling.
+Middlewares wrap every handler, outermost first: ``rate_limit_headers_middleware`` adds
+the ``RateLimit-Policy`` and ``RateLimit`` headers to every answer of a request that
+named an account, errors included; ``error_middleware`` turns refusals, routing errors
+and Redis outages into the error body; ``auth_middleware`` checks the bearer key, the
+failed-authentication block, and records who is calling; ``rate_limit_middleware``
+counts the request against its account's plan's rates (SPEC §6).
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import errors
+from daemon import dead_letters, errors
 from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
 from daemon.engine import Engine
 from daemon.metrics import Metrics
-from daemon.model import BILLING_STATUSES, ID_PATTERN, MAX_INACTIVITY_SECONDS, new_session_id
-from daemon.store import SessionView, Store
+from daemon.model import (
+    BILLING_STATUSES,
+    ID_PATTERN,
+    MAX_INACTIVITY_SECONDS,
+    SOURCE_PATTERN,
+    new_session_id,
+)
+from daemon.store import RateLimitResult, SessionView, Store
 
 log = structlog.get_logger("lifecycled.api")
 
@@ -45,6 +54,7 @@ ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", Metrics)
 ACCESS = web.AppKey("access", Access)
 PRINCIPAL = web.RequestKey("principal", Principal)
+RATE_LIMIT = web.RequestKey("rate_limit", RateLimitResult)
 
 _CREATE_FIELDS = {
     "session_id",
@@ -144,6 +154,89 @@ def _principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
+# Request rate limits (SPEC §6)
+
+# Routes that create (or resume) a session also count against creates_per_minute.
+_CREATE_ROUTES = frozenset({("POST", "/v1/sessions"), ("POST", "/v1/sessions/{session_id}/resume")})
+_RATE_WINDOW_SECONDS = 60
+_RATE_UNITS = {"requests": "requests", "creates": "session creations"}
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """After authentication, before the operation: a request over its account's rate is
+    ``429 rate_limited`` and changes nothing."""
+    named = await _named_account(request)
+    if named is None:
+        return await handler(request)
+    session_id, account_id, creates = named
+    principal = request.get(PRINCIPAL, ADMIN)
+    result = await request.app[STORE].rate_limit(
+        session_id=session_id, account_id=account_id, creates=creates, scope=principal.account_id
+    )
+    if result is None:
+        return await handler(request)
+    request[RATE_LIMIT] = result
+    if not result.admitted:
+        exhausted = result.exhausted
+        for limit in exhausted:
+            request.app[METRICS].rate_limited.labels(limit=limit.name).inc()
+        log.info("rate_limited", account_id=result.account_id, plan=result.plan,
+                 limits=[limit.name for limit in exhausted],
+                 retry_after=result.retry_after)  # fmt: skip
+        allows = " and ".join(f"{limit.quota} {_RATE_UNITS[limit.name]}" for limit in exhausted)
+        raise errors.RateLimited(
+            f"Too many requests for account {result.account_id}: plan {result.plan} allows "
+            f"{allows} per minute; retry in {result.retry_after} s.",
+            result.retry_after,
+        )
+    return await handler(request)
+
+
+async def _named_account(request: web.Request) -> tuple[str | None, str | None, bool] | None:
+    """The account a request names: (session id, or None and account id, whether it
+    creates a session); None when it names none (a route without one, an id that is
+    not valid, or a create whose body has no valid ``account_id``)."""
+    match = request.match_info
+    if match.http_exception is not None:
+        return None
+    resource = match.route.resource
+    creates = (request.method, resource.canonical if resource else "") in _CREATE_ROUTES
+    session_id = match.get("session_id")
+    if session_id is not None:
+        return (session_id, None, creates) if ID_PATTERN.fullmatch(session_id) else None
+    account_id = match.get("account_id")
+    if account_id is None and creates:
+        try:
+            account_id = (await _json_object(request)).get("account_id")
+        except errors.LifecycleError:
+            return None  # the handler reports the body's problem (a body too large: 413 here)
+    if isinstance(account_id, str) and ID_PATTERN.fullmatch(account_id):
+        return None, account_id, creates
+    return None
+
+
+def rate_limit_headers(result: RateLimitResult) -> dict[str, str]:
+    """The IETF httpapi rate-limit headers (structured-field form) of the limits."""
+    if not result.limits:
+        return {}
+    limits = result.limits
+    policy = [f'"{x.name}";q={x.quota};w={_RATE_WINDOW_SECONDS}' for x in limits]
+    state = [f'"{x.name}";r={x.remaining};t={x.reset_seconds}' for x in limits]
+    return {"RateLimit-Policy": ", ".join(policy), "RateLimit": ", ".join(state)}
+
+
+@web.middleware
+async def rate_limit_headers_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    response = await handler(request)
+    result = request.get(RATE_LIMIT)
+    if result is not None:
+        response.headers.update(rate_limit_headers(result))
+    return response
+
+
 # Request bodies and fields
 
 
@@ -153,15 +246,51 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         raise errors.UnsupportedMediaType("The body must be JSON (Content-Type: application/json).")
     raw = await request.read()
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(
+            raw.decode("utf-8"), parse_int=_parse_int, object_pairs_hook=_no_duplicate_keys
+        )
     except UnicodeDecodeError:
         raise errors.BadRequest("The body is not valid UTF-8.") from None
     except json.JSONDecodeError as exc:
         raise errors.BadRequest(f"The body is not valid JSON: {exc.msg}.") from None
     except RecursionError:
         raise errors.BadRequest("The body is nested too deeply.") from None
+    except _DuplicateKey as exc:
+        raise errors.InvalidRequest(f"The field {_name(exc.key)} appears more than once.") from None
     if not isinstance(body, dict):
         raise errors.BadRequest("The body must be a JSON object.")
+    return body
+
+
+class TooLarge:
+    """A JSON integer beyond what any field accepts (more than 2⁶³ or 4300 digits)."""
+
+
+TOO_LARGE = TooLarge()
+_INT64_LIMIT = 2**63
+
+
+def _parse_int(text: str) -> int | TooLarge:
+    # Python refuses to parse integers of more than 4300 digits (ValueError); no field
+    # takes one beyond 2⁶³, so both are reported as too large for the field they are in.
+    if len(text.lstrip("-")) > 19:
+        return TOO_LARGE
+    value = int(text)
+    return TOO_LARGE if abs(value) >= _INT64_LIMIT else value
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in body:
+            raise _DuplicateKey(key)
+        body[key] = value
     return body
 
 
@@ -189,7 +318,9 @@ def _int_field(
         return None, None
     value = body[name]
     if isinstance(value, float) and value.is_integer():
-        value = int(value)
+        value = TOO_LARGE if abs(value) >= _INT64_LIMIT else int(value)
+    if value is TOO_LARGE:
+        return None, f"{name} is too large"
     if isinstance(value, bool) or not isinstance(value, int):
         return None, f"{name} must be an integer"
     if value < low or (high is not None and value > high):
@@ -297,6 +428,35 @@ async def keepalive(request: web.Request) -> web.Response:
     return _view(await request.app[STORE].keepalive(session_id, account=scope))
 
 
+async def activity(request: web.Request) -> web.Response:
+    """An action recorded over HTTP, as a stream ``activity`` event records it."""
+    session_id = _path_id(request, "session_id")
+    source = None
+    if request.can_read_body:
+        body = await _json_object(request)
+        problem = _unknown_fields(body, {"source"})
+        source = body.get("source")
+        if (
+            problem is None
+            and "source" in body
+            and not (isinstance(source, str) and SOURCE_PATTERN.fullmatch(source))
+        ):
+            problem = "source must be 1-64 characters of [a-z0-9._-]"
+        if problem:
+            raise errors.InvalidRequest(problem + ".")
+    scope = _principal(request).account_id
+    view = await request.app[STORE].keepalive(
+        session_id, account=scope, activity=True, source=source
+    )
+    return _view(view)
+
+
+async def timeline(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    scope = _principal(request).account_id
+    return web.json_response({"events": await request.app[STORE].timeline(session_id, scope)})
+
+
 async def patch_session(request: web.Request) -> web.Response:
     session_id = _path_id(request, "session_id")
     body = await _json_object(request)
@@ -311,6 +471,11 @@ async def patch_session(request: web.Request) -> web.Response:
     request.app[ENGINE].nudge(store.partition_for(record.account_id), record.terminates_at)
     log.info("session_updated", session_id=session_id, account_id=record.account_id,
              fields=sorted(body))  # fmt: skip
+    if record.terminated:
+        reason = record.termination_reason or "inactivity"
+        request.app[METRICS].terminations.labels(reason=reason).inc()
+        log.info("session_terminated", session_id=session_id,
+                 account_id=record.account_id, reason=reason)  # fmt: skip
     return _view(view)
 
 
@@ -387,7 +552,13 @@ async def openapi(_: web.Request) -> web.Response:
 
 def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[
+            rate_limit_headers_middleware,
+            error_middleware,
+            auth_middleware,
+            rate_limit_middleware,
+        ],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[STORE] = store
     app[ENGINE] = engine
@@ -400,7 +571,10 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_patch("/v1/sessions/{session_id}", patch_session)
     app.router.add_delete("/v1/sessions/{session_id}", terminate)
     app.router.add_post("/v1/sessions/{session_id}/keepalive", keepalive)
+    app.router.add_post("/v1/sessions/{session_id}/activity", activity)
+    app.router.add_get("/v1/sessions/{session_id}/events", timeline)
     app.router.add_get("/v1/accounts/{account_id}", get_account)
     app.router.add_put("/v1/accounts/{account_id}", put_account)
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)
+    dead_letters.add_routes(app)
     return app

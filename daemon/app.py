@@ -20,6 +20,7 @@ from daemon.api import make_api
 from daemon.embedded import EmbeddedValkey
 from daemon.engine import Engine
 from daemon.health import Health
+from daemon.http_errors import use_json_errors
 from daemon.logs import configure_logging
 from daemon.metrics import Metrics
 from daemon.notify import Notifier
@@ -27,6 +28,7 @@ from daemon.plans import PlansError, load_plans
 from daemon.redis_client import TRANSIENT_ERRORS, connect
 from daemon.settings import ConfigError, Settings, load_settings
 from daemon.store import Store
+from daemon.webhooks import WebhookDispatcher
 
 log = structlog.get_logger("lifecycled")
 
@@ -92,6 +94,7 @@ class Daemon:
         self.embedded: EmbeddedValkey | None = None
         self.redis: Any = None
         self.engine: Engine | None = None
+        self.webhooks: WebhookDispatcher | None = None
         self._api: web.AppRunner | None = None
         self._metrics_app: web.AppRunner | None = None
         self._stop = asyncio.Event()
@@ -119,21 +122,35 @@ class Daemon:
         self.engine = Engine(store, self.metrics, self.health)
         await self.engine.start()
         self._api = await self._serve(
-            make_api(store, self.engine, self.metrics), s.http_host, s.http_port
+            make_api(store, self.engine, self.metrics), s.http_host, s.http_port, "http"
         )
         metrics_app = make_metrics_app(self.metrics, self.health, self.engine.refresh_live_count)
-        self._metrics_app = await self._serve(metrics_app, s.metrics_host, s.metrics_port)
+        self._metrics_app = await self._serve(
+            metrics_app, s.metrics_host, s.metrics_port, "metrics"
+        )
+        # Started once both listeners serve: a failed start has no deliveries to stop.
+        self.webhooks = WebhookDispatcher(store, self.engine, self.metrics.registry)
+        self.webhooks.start()
         self._serving = True
         log.info("daemon_started", version=__version__, replica=self.engine.replica_id,
                  http=f"{s.http_host}:{s.http_port}", metrics=f"{s.metrics_host}:{s.metrics_port}",
                  partitions=s.partitions, embedded=self.embedded is not None)  # fmt: skip
 
     @staticmethod
-    async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    async def _serve(app: web.Application, host: str, port: int, name: str) -> web.AppRunner:
+        """``name``: the listener's settings are ``<name>_host`` and ``<name>_port``."""
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        use_json_errors(runner)
         try:
             await web.TCPSite(runner, host, port, shutdown_timeout=2.0).start()
+        except OSError as exc:
+            await runner.cleanup()
+            problem = exc.strerror or str(exc)
+            raise OSError(
+                f"{name}_port: cannot listen on {host}:{port}: {problem}; choose another with "
+                f"LIFECYCLE_{name.upper()}_PORT (or {name}_host / LIFECYCLE_{name.upper()}_HOST)",
+            ) from None
         except BaseException:
             await runner.cleanup()
             raise
@@ -211,6 +228,8 @@ class Daemon:
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await self._api.cleanup()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.engine is not None:
             await self.engine.stop()
         for task in self._tasks:

@@ -26,6 +26,7 @@ from daemon.client import (
     ServiceUnavailable,
     SessionNotFound,
     SessionStatus,
+    TimelineEvent,
     Unauthorized,
 )
 from daemon.embedded import EmbeddedError
@@ -142,7 +143,15 @@ async def _with_client(action: ApiAction, args: argparse.Namespace) -> int:
         try:
             return await action(client, args)
         except LifecycleClientError as exc:
-            return _fail(exc.message, exit_code_for(exc))
+            return _fail(_error_message(exc), exit_code_for(exc))
+
+
+def _error_message(exc: LifecycleClientError) -> str:
+    """The API's message; a 429 always says how long to wait."""
+    wait = exc.retry_after if isinstance(exc, RateLimited) else None
+    if wait is not None and "retry in" not in exc.message:
+        return f"{exc.message} Retry in {wait:g} s."
+    return exc.message
 
 
 def relative(seconds: float) -> str:
@@ -190,12 +199,14 @@ def _print_status(status: SessionStatus) -> None:
         ("status", state),
         ("created", _moment(status.created_at, now)),
         ("last activity", _moment(status.last_activity_at, now)),
-        ("expires", _moment(status.expires_at, now)),
-        ("idle expires", _moment(status.idle_expires_at, now)),
     ]
     if status.terminated:
-        rows.append(("terminated", _moment(status.terminated_at, now)))
+        # When and why it ended; its deadlines no longer mean anything.
+        rows.append(("ended", _moment(status.terminated_at, now)))
+        rows.append(("reason", str(status.termination_reason)))
     else:
+        rows.append(("expires", _moment(status.expires_at, now)))
+        rows.append(("idle expires", _moment(status.idle_expires_at, now)))
         # The server computed remaining_seconds on its clock; ours may disagree a little.
         rows.append(
             ("terminates", f"{relative(status.remaining_seconds)} ({_deadline_kind(status)})")
@@ -252,6 +263,20 @@ async def api_terminate(client: LifecycleClient, args: argparse.Namespace) -> in
     return _show(await client.terminate(args.session_id), args)
 
 
+async def api_activity(client: LifecycleClient, args: argparse.Namespace) -> int:
+    return _show(await client.activity(args.session_id, args.source), args)
+
+
+async def api_extend(client: LifecycleClient, args: argparse.Namespace) -> int:
+    status = await client.update(
+        args.session_id,
+        timeout_seconds=args.timeout,
+        inactivity_timeout_seconds=args.inactivity_timeout,
+        auto_kill=args.auto_kill,
+    )
+    return _show(status, args)
+
+
 async def api_keepalive(client: LifecycleClient, args: argparse.Namespace) -> int:
     if args.every is None:
         return _show(await client.keepalive(args.session_id), args)
@@ -288,6 +313,33 @@ def _print_kept_alive(status: SessionStatus, args: argparse.Namespace) -> None:
             f"({_deadline_kind(status)})",
             flush=True,
         )
+
+
+def _timeline_line(event: TimelineEvent, now: datetime) -> str:
+    details = []
+    if event.source:
+        details.append(f"source {event.source}")
+    if event.count is not None and event.last_at is not None:
+        details.append(f"x{event.count}, last {relative((event.last_at - now).total_seconds())}")
+    if event.reason:
+        details.append(f"reason {event.reason}")
+    for name in ("timeout_seconds", "inactivity_timeout_seconds", "auto_kill"):
+        value = getattr(event, name)
+        if value is not None:
+            details.append(f"{name} {value}")
+    when = relative((event.at - now).total_seconds())
+    return f"{when:<12}  {event.type:<10}  {', '.join(details)}".rstrip()
+
+
+async def api_events(client: LifecycleClient, args: argparse.Namespace) -> int:
+    events = await client.timeline(args.session_id)
+    if args.json:
+        _print_json({"events": [e.raw for e in events]})
+        return EXIT_OK
+    now = datetime.now(UTC)
+    for event in events:
+        print(_timeline_line(event, now))
+    return EXIT_OK
 
 
 async def api_sessions(client: LifecycleClient, args: argparse.Namespace) -> int:
@@ -398,6 +450,29 @@ def _add_api_commands(sub: Any) -> None:
         help="send a keepalive every S seconds until SIGINT or SIGTERM (then exit 0)",
     )
 
+    activity = command(
+        "activity", "record an action on a session (a ready session becomes running)",
+        api_activity,
+    )  # fmt: skip
+    activity.add_argument("session_id", metavar="ID")
+    activity.add_argument("--source", metavar="S", help="what acted: 1-64 of [a-z0-9._-]")
+
+    extend = command(
+        "extend", "change a live session's limits (max lifetime within the plan)", api_extend
+    )
+    extend.add_argument("session_id", metavar="ID")
+    extend.add_argument("--timeout", type=_positive_int, metavar="S", help="max lifetime, s")
+    extend.add_argument(
+        "--inactivity-timeout", type=_positive_int, metavar="S", help="inactivity timeout, s"
+    )
+    extend.add_argument(
+        "--auto-kill", action=argparse.BooleanOptionalAction, default=None,
+        help="terminate on inactivity (--no-auto-kill: only at the max lifetime)",
+    )  # fmt: skip
+
+    events = command("events", "show a session's timeline", api_events)
+    events.add_argument("session_id", metavar="ID")
+
     terminate = command("terminate", "terminate a session", api_terminate)
     terminate.add_argument("session_id", metavar="ID")
 
@@ -437,8 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head -1``): stop quietly, as other Unix tools do. Point
+        # stdout at /dev/null so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for such a pipeline
     return code
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
@@ -27,7 +28,14 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
-log = structlog.get_logger("lifecycled.client")
+# A library prints nothing itself: its lines go to the standard logging module, where the
+# host program decides whether and where they appear.
+log = structlog.wrap_logger(
+    logging.getLogger("lifecycled.client"),
+    # The event name is the record's message; its fields are attributes of the record.
+    processors=[structlog.stdlib.render_to_log_kwargs],
+    wrapper_class=structlog.stdlib.BoundLogger,
+)
 _T = TypeVar("_T")
 
 __all__ = [
@@ -46,6 +54,7 @@ __all__ = [
     "SessionNotFound",
     "SessionStatus",
     "SessionTerminated",
+    "TimelineEvent",
     "Unauthorized",
 ]
 
@@ -67,6 +76,9 @@ class _ApiModel(BaseModel):
     @property
     def raw(self) -> dict[str, Any]:
         return self._raw
+
+
+_M = TypeVar("_M", bound=_ApiModel)
 
 
 class SessionStatus(_ApiModel):
@@ -107,6 +119,27 @@ class SessionStatus(_ApiModel):
         return self.status == "terminated"
 
 
+class TimelineEvent(_ApiModel):
+    """One entry of a session's timeline (SPEC §9); fields not of its type are None."""
+
+    type: str
+    at: datetime
+    source: str | None = None
+    count: int | None = None
+    last_at: datetime | None = None
+    reason: str | None = None
+    deadline: datetime | None = None
+    terminates_at: datetime | None = None
+    timeout_seconds: int | None = None
+    inactivity_timeout_seconds: int | None = None
+    auto_kill: bool | None = None
+
+    @field_validator("at", "last_at", "deadline", "terminates_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+
 class Account(_ApiModel):
     """The account object of SPEC §4; ``max_concurrent`` is None for unlimited."""
 
@@ -140,7 +173,9 @@ class PaymentRequired(LifecycleClientError):
 
 
 class RateLimited(LifecycleClientError):
-    """429: too many concurrent sessions, or too many failed authentications."""
+    """429: too many requests for the account's plan (``rate_limited``), too many
+    concurrent sessions, or too many failed authentications; ``retry_after`` is the
+    answer's ``Retry-After`` in seconds (None when it had none)."""
 
     def __init__(
         self, status: int | None, code: str, message: str, retry_after: float | None = None
@@ -238,6 +273,11 @@ class LifecycleClient:
 
     ``retries`` > 0 retries idempotent calls (everything but ``create``) that failed
     without an answer, with exponential backoff from ``retry_backoff`` seconds.
+
+    ``retry_rate_limited`` waits out a ``429 rate_limited`` (its ``Retry-After``) and sends
+    the call again, every call ``create`` included (a refused request changed nothing),
+    at most ``rate_limit_retries`` times and only while each wait is at most
+    ``max_rate_limit_wait`` seconds; otherwise :class:`RateLimited` is raised.
     """
 
     def __init__(
@@ -248,6 +288,9 @@ class LifecycleClient:
         timeout: float = 10.0,
         retries: int = 0,
         retry_backoff: float = 0.2,
+        retry_rate_limited: bool = False,
+        rate_limit_retries: int = 3,
+        max_rate_limit_wait: float = 60.0,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -259,6 +302,8 @@ class LifecycleClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retries = retries
         self._retry_backoff = retry_backoff
+        self._rate_limit_retries = rate_limit_retries if retry_rate_limited else 0
+        self._max_rate_limit_wait = max_rate_limit_wait
         self._http: aiohttp.ClientSession | None = None
         # Terminations that must finish even though their caller was cancelled.
         self._pending: set[asyncio.Task[Any]] = set()
@@ -290,8 +335,27 @@ class LifecycleClient:
     # HTTP
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        for attempt in range(self._rate_limit_retries + 1):
+            try:
+                return await self._request_answered(method, path, body)
+            except RateLimited as exc:
+                wait = exc.retry_after
+                if (
+                    exc.code != "rate_limited"
+                    or wait is None
+                    or wait > self._max_rate_limit_wait
+                    or attempt >= self._rate_limit_retries
+                ):
+                    raise
+                log.info("request_rate_limited", method=method, path=path, delay_s=wait)
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request_answered(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         attempts = 1 + (
-            self._retries if method in _IDEMPOTENT or path.endswith("/keepalive") else 0
+            self._retries
+            if method in _IDEMPOTENT or path.endswith(("/keepalive", "/activity"))
+            else 0
         )
         for attempt in range(attempts):
             try:
@@ -366,6 +430,13 @@ class LifecycleClient:
         result: SessionStatus = await self._status("POST", path)
         return result
 
+    async def activity(self, session_id: str, source: str | None = None) -> SessionStatus:
+        """Record an action: like a keepalive, and a ``ready`` session becomes ``running``."""
+        path = _session_path(session_id) + "/activity"
+        body = None if source is None else {"source": source}
+        result: SessionStatus = await self._status("POST", path, body)
+        return result
+
     async def update(
         self,
         session_id: str,
@@ -388,16 +459,23 @@ class LifecycleClient:
         result: SessionStatus = await self._status("DELETE", _session_path(session_id))
         return result
 
+    async def timeline(self, session_id: str) -> list[TimelineEvent]:
+        """``GET /v1/sessions/{id}/events``: the session's timeline, oldest first."""
+        return await self._list(_session_path(session_id) + "/events", "events", TimelineEvent)
+
+    async def _list(self, path: str, name: str, model: type[_M]) -> list[_M]:
+        """``GET`` a JSON object holding a list of ``model`` objects under ``name``."""
+        data = await self._request("GET", path)
+        try:
+            return [model.from_api(item) for item in data[name]]
+        except (ValidationError, KeyError, TypeError) as exc:
+            raise _bad_answer(path, exc) from None
+
     # Accounts
 
     async def sessions(self, account_id: str) -> list[SessionStatus]:
         """The account's live sessions."""
-        path = _account_path(account_id) + "/sessions"
-        data = await self._request("GET", path)
-        try:
-            return [SessionStatus.from_api(item) for item in data["sessions"]]
-        except (ValidationError, KeyError, TypeError) as exc:
-            raise _bad_answer(path, exc) from None
+        return await self._list(_account_path(account_id) + "/sessions", "sessions", SessionStatus)
 
     async def account(self, account_id: str) -> Account:
         return await self._account("GET", account_id, None)
@@ -543,6 +621,10 @@ class ManagedSession:
 
     async def keepalive(self) -> SessionStatus:
         self.last_status = await self.client.keepalive(self.session_id)
+        return self.last_status
+
+    async def activity(self, source: str | None = None) -> SessionStatus:
+        self.last_status = await self.client.activity(self.session_id, source)
         return self.last_status
 
 

@@ -89,3 +89,14 @@ class TooManyAuthFailures(LifecycleError):
             f"Too many failed authentication attempts from this address; retry in {retry_after} s."
         )
         self.retry_after = retry_after
+
+
+class RateLimited(LifecycleError):
+    """A request over the account's plan's request or create rate (SPEC §6)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -11,7 +11,13 @@ import re
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
-from daemon.model import BILLING_STATUSES, COMMAND_REASONS, ID_PATTERN, MAX_INACTIVITY_SECONDS
+from daemon.model import (
+    BILLING_STATUSES,
+    COMMAND_REASONS,
+    ID_PATTERN,
+    MAX_INACTIVITY_SECONDS,
+    SOURCE_PATTERN,
+)
 
 EVENT_TYPES = ("created", "activity", "keepalive", "terminate", "terminated", "billing")
 
@@ -133,7 +139,10 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
         return kind, [session, account, timeout, inactivity, auto_kill, plan]
     if kind in ("activity", "keepalive"):
         ts = str(min(_int(fields, "ts", 0), _TS_CAP)) if "ts" in fields else ""
-        return kind, [session, account, ts]
+        source = fields.get("source", "")
+        if source and not SOURCE_PATTERN.fullmatch(source):
+            raise InvalidEvent("field source must be 1-64 characters of [a-z0-9._-]")
+        return kind, [session, account, ts, source]
     if kind == "terminate":
         reason = "requested"
         if "reason" in fields:
@@ -148,6 +157,7 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
 # id matching the ASCII pattern is valid UTF-8), without decoding the entry.
 _ID_BYTES = re.compile(ID_PATTERN.pattern.encode())
 _DIGITS_BYTES = re.compile(_DIGITS.pattern.encode())
+_SOURCE_BYTES = re.compile(SOURCE_PATTERN.pattern.encode())
 _TOUCH_OPS = {b"activity": ("activity", b"A"), b"keepalive": ("keepalive", b"K")}
 
 
@@ -156,17 +166,18 @@ def _fast_touch(eid: str, fields: Mapping[bytes, bytes]) -> ParsedEvent | None:
     if kind is None:
         return None
     session, account = fields.get(b"session_id"), fields.get(b"account_id")
-    ts = fields.get(b"ts")
+    ts, source = fields.get(b"ts"), fields.get(b"source")
     if (
         session is None
         or account is None
-        or len(fields) != (3 if ts is None else 4)
+        or len(fields) != 3 + (ts is not None) + (source is not None)
+        or (source is not None and not _SOURCE_BYTES.fullmatch(source))
         or not _ID_BYTES.fullmatch(session)
         or not _ID_BYTES.fullmatch(account)
         or (ts is not None and (len(ts) > 15 or not _DIGITS_BYTES.fullmatch(ts)))
     ):
         return None  # the full check below accepts it or names the problem
-    return ParsedEvent(eid, kind[0], [kind[1], 3, session, account, ts or b""])
+    return ParsedEvent(eid, kind[0], [kind[1], 4, session, account, ts or b"", source or b""])
 
 
 def parse_entry(

@@ -9,15 +9,24 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:deadlines``    sorted set, every live session -> its effective deadline (ms)
 - ``P:{p}:held``         sorted set, session -> inactivity deadline the lag-safe rule holds
 - ``P:{p}:warn``         sorted set, session -> time of its ``expiring`` warning (ms)
+- ``P:{p}:tl:<session>`` list, the session's timeline (JSON entries, capped; SPEC §9)
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
 - ``P:{p}:lease``        string, the replica that consumes the partition now
+- ``P:{p}:rl:<account>:<limit>``  string, the theoretical arrival time (ms) of the
+                         account's GCRA rate limit ``requests`` or ``creates`` (SPEC §6);
+                         expires once that time has passed
+- ``P:{p}:wh:d:<entry>.<webhook>``  hash, one webhook delivery: w endpoint, y command type,
+                         j the command's fields (JSON), n attempts made, r last error
+- ``P:{p}:wh:due:<webhook>``  sorted set, the endpoint's deliveries -> next attempt (ms)
+- ``P:{p}:wh:dead:<webhook>`` sorted set, the endpoint's dead deliveries -> time (ms)
 - ``P:{p}:depletions``   sorted set, metered account -> its depletion moment (ms)
 - ``P:{p}:lowbal``       sorted set, metered account -> time of its ``low_balance`` warning
 - ``P:{p}:consumed``     string, micro-credits consumed in the partition in all
 
 Per deployment:
 
+- ``P:webhooks``         hash, webhook endpoint id -> JSON (url, types, account, secret)
 - ``P:config``           hash, ``partitions`` and ``plans`` (comma-separated names), written
                          by the daemon so producers (``daemon.publisher``) route and validate
                          events as it does
@@ -77,6 +86,15 @@ class PartitionKeys:
     def lease(self) -> str:
         return self.base + "lease"
 
+    def webhook_due(self, webhook_id: str) -> str:
+        return self.base + "wh:due:" + webhook_id
+
+    def webhook_dead(self, webhook_id: str) -> str:
+        return self.base + "wh:dead:" + webhook_id
+
+    def delivery(self, member: str) -> str:
+        return self.base + "wh:d:" + member
+
     @property
     def depletions(self) -> str:
         """Account -> depletion moment; apart from ``deadlines`` (see common.lua)."""
@@ -95,8 +113,16 @@ class PartitionKeys:
     def session(self, session_id: str) -> str:
         return self.base + "s:" + session_id
 
+    def timeline(self, session_id: str) -> str:
+        """The session's timeline list; expires with the session record."""
+        return self.base + "tl:" + session_id
+
     def account(self, account_id: str) -> str:
         return self.base + "a:" + account_id
 
     def live(self, account_id: str) -> str:
         return self.base + "live:" + account_id
+
+    def rate_limit(self, account_id: str, limit: str) -> str:
+        """The account's rate limit ``requests`` or ``creates`` (built in rate_limit.lua)."""
+        return self.base + "rl:" + account_id + ":" + limit

@@ -28,6 +28,7 @@ ADMISSION_RESULTS = (
     "invalid",
     "conflict",
 )
+RATE_LIMITS = ("requests", "creates")
 ADMISSION_BY_CODE = {
     "402": "payment_required",
     "429": "concurrent_session_limit",
@@ -62,6 +63,12 @@ class Metrics:
             "lifecycle_admissions", "Session creations, by admission result.", ["result"],
             registry=r,
         )  # fmt: skip
+        self.rate_limited = Counter(
+            "lifecycle_rate_limited",
+            "API requests refused by an account's plan's rate limit (SPEC §6), by limit.",
+            ["limit"],
+            registry=r,
+        )
         self.sessions_live = Gauge(
             "lifecycle_sessions_live", "Live (ready or running) sessions, read from Redis.",
             registry=r,
@@ -93,6 +100,12 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.dead_letters = Gauge(
+            "lifecycle_dead_letters",
+            "Entries of a partition's dead-letter stream, read from Redis.",
+            ["partition"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "lifecycle_event_loop_lag_seconds",
             "How late the event loop last ran a scheduled callback (see /healthz).",
@@ -110,6 +123,8 @@ class Metrics:
             self.terminations.labels(reason=reason)
         for result in ADMISSION_RESULTS:
             self.admissions.labels(result=result)
+        for limit in RATE_LIMITS:
+            self.rate_limited.labels(limit=limit)
 
     async def refresh_from_redis(self, redis: Any, partitions: Sequence[PartitionKeys]) -> None:
         """Read the gauges describing shared state from Redis, so every replica agrees."""
@@ -118,13 +133,16 @@ class Metrics:
             pipe.zcard(pk.deadlines)
             pipe.xlen(pk.events)
             pipe.xinfo_groups(pk.events)
+            pipe.xlen(pk.dead)
         replies = await pipe.execute(raise_on_error=False)
         live = 0
         for i, pk in enumerate(partitions):
-            count, length, groups = replies[3 * i : 3 * i + 3]
+            count, length, groups, dead = replies[4 * i : 4 * i + 4]
             if isinstance(count, int):
                 live += count
             self.events_backlog.labels(partition=str(pk.partition)).set(_backlog(length, groups))
+            if isinstance(dead, int):
+                self.dead_letters.labels(partition=str(pk.partition)).set(dead)
         self.sessions_live.set(live)
 
     def count_outcomes(self, types: list[str], outcomes: list[str]) -> None:

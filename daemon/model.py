@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# What acted (an activity or keepalive's optional ``source``, SPEC §8).
+SOURCE_PATTERN = re.compile(r"[a-z0-9._-]{1,64}")
 
 TERMINATION_REASONS = ("max_lifetime", "inactivity", "requested", "billing", "external")
 COMMAND_REASONS = ("max_lifetime", "inactivity", "requested", "billing")

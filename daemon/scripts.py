@@ -24,12 +24,19 @@ SCRIPT_NAMES = (
     "set_account",
     "list_sessions",
     "auth_failure",
+    "rate_limit",
     "apply_events",
     "expire_due",
     "migrate_deadlines",
     "lease",
     "lease_release",
     "replicas",
+    "dead_letter_list",
+    "dead_letter_replay",
+    "get_timeline",
+    "webhook_enqueue",
+    "webhook_claim",
+    "webhook_finish",
 )
 
 
@@ -39,7 +46,8 @@ def script_source(name: str) -> str:
     lua = resources.files("daemon") / "lua"
 
     def include(match: re.Match[str]) -> str:
-        return (lua / "includes" / f"{match.group(1)}.lua").read_text()
+        # Includes may include others (common includes timeline).
+        return _INCLUDE.sub(include, (lua / "includes" / f"{match.group(1)}.lua").read_text())
 
     return _INCLUDE.sub(include, (lua / f"{name}.lua").read_text())
 

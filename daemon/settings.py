@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(default=30000, ge=100)
     commands_maxlen: int = Field(default=1_000_000, ge=1)
     warn_before_seconds: int = Field(default=0, ge=0)
+    timeline_max_entries: int = Field(default=200, ge=0, le=100_000)
     # SPEC §7: a low_balance command this long before a metered account's depletion.
     low_balance_warn_seconds: int = Field(default=600, ge=0, le=10**9)
 
@@ -75,6 +76,12 @@ class Settings(BaseSettings):
     lease_ttl_ms: int = Field(default=5000, ge=500, le=600_000)
     read_batch: int = Field(default=500, ge=1, le=10_000)
     expire_batch: int = Field(default=500, ge=1, le=10_000)
+
+    # Webhooks (SPEC §9): a 2xx within the timeout is success; attempt n + 1 follows
+    # attempt n after base × 4^(n-1) seconds, ±50 % jitter; dead after the last attempt.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0, le=86400)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
 
     # HTTP
     api_keys: SecretStr | None = None

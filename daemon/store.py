@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import structlog
 from daemon import errors
 from daemon.events import ParsedEvent
 from daemon.keys import GROUP, PartitionKeys, partition_of
-from daemon.model import SessionRecord
+from daemon.model import SessionRecord, rfc3339
 from daemon.plans import Plan, encode_plans
 from daemon.scripts import AsyncScript, register_all
 from daemon.settings import Settings
@@ -55,6 +56,33 @@ class AuthFailures:
     count: int  # failures of the address within the window
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One limit's state after a request: its quota per minute, what remains of it now,
+    and the seconds until all of it is available again."""
+
+    name: str  # "requests" or "creates"
+    quota: int
+    remaining: int
+    reset_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitResult:
+    """The rate limits a request of an account counted against (SPEC §6)."""
+
+    account_id: str
+    plan: str
+    admitted: bool
+    retry_after: int  # whole seconds (>= 1) when refused, else 0
+    limits: tuple[RateLimit, ...]  # the plan's limits that apply; unlimited ones left out
+
+    @property
+    def exhausted(self) -> list[RateLimit]:
+        """The limits with nothing left now: when refused, those that refused it."""
+        return [limit for limit in self.limits if limit.remaining == 0]
+
+
 # Failed-authentication blocking (SPEC §4): this many failures within the window.
 AUTH_FAILURE_LIMIT = 10
 AUTH_FAILURE_WINDOW_MS = 600_000
@@ -79,7 +107,9 @@ class ExpireResult:
 
 
 # Scripts that change nothing need no replica acknowledgement.
-_READ_ONLY = frozenset({"get_session", "list_sessions", "get_account"})
+_READ_ONLY = frozenset(
+    {"get_session", "list_sessions", "get_account", "dead_letter_list", "get_timeline"}
+)
 
 
 log = structlog.get_logger("lifecycled.store")
@@ -87,6 +117,14 @@ log = structlog.get_logger("lifecycled.store")
 
 class OlderEntriesPending(Exception):
     """Entries older than the batch are pending; they must be claimed and applied first."""
+
+
+def timeline_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A stored timeline entry for the API: times (``at``, ``deadline``, ``*_at``) in RFC 3339."""
+    return {
+        name: rfc3339(int(value)) if name in ("at", "deadline") or name.endswith("_at") else value
+        for name, value in entry.items()
+    }
 
 
 def _text(value: Any) -> str:
@@ -119,7 +157,10 @@ class Store:
     @property
     def options(self) -> dict[str, int | str]:
         """Settings the scripts read as ``OPT.<name>`` (ARGV[9] in includes/common.lua)."""
-        return {"low_balance_warn_ms": self.settings.low_balance_warn_seconds * 1000}
+        return {
+            "timeline_max_entries": self.settings.timeline_max_entries,
+            "low_balance_warn_ms": self.settings.low_balance_warn_seconds * 1000,
+        }
 
     def set_plans(self, plans: dict[str, Plan]) -> None:
         self.plans = dict(plans)
@@ -233,8 +274,21 @@ class Store:
         """``account``: the caller sees only that account's sessions (others are unknown)."""
         return await self._by_id("get_session", session_id, account=account)
 
-    async def keepalive(self, session_id: str, account: str | None = None) -> SessionView:
-        return await self._by_id("keepalive", session_id, GROUP, account=account)
+    async def keepalive(
+        self,
+        session_id: str,
+        account: str | None = None,
+        activity: bool = False,
+        source: str | None = None,
+    ) -> SessionView:
+        """A keepalive, or with ``activity`` an action (``ready`` → ``running``).
+
+        ``source``: what acted, as the timeline shows it (default ``api``).
+        """
+        return await self._by_id(
+            "keepalive", session_id, GROUP, "1" if activity else "0", source or "",
+            account=account,
+        )  # fmt: skip
 
     async def terminate(
         self, session_id: str, reason: str = "requested", account: str | None = None
@@ -270,6 +324,18 @@ class Store:
         if code == -422:
             raise errors.InvalidRequest(_text(reply[1]) + ".")
         return _view(session_id, reply)
+
+    async def timeline(self, session_id: str, account: str | None = None) -> list[dict[str, Any]]:
+        """The session's timeline entries, oldest first, times in RFC 3339."""
+        pk = await self._locate(session_id)
+        reply = None if pk is None else await self._call("get_timeline", pk, session_id)
+        if (
+            reply is None
+            or int(reply[0]) == -404
+            or (account is not None and _text(reply[1]) != account)
+        ):
+            raise errors.SessionNotFound(f"No session {session_id}.")
+        return [timeline_entry(json.loads(_text(raw))) for raw in reply[2:]]
 
     async def list_sessions(self, account_id: str) -> list[SessionView]:
         """The account's live sessions, oldest first."""
@@ -336,6 +402,45 @@ class Store:
             ],
         )
         return AuthFailures(int(reply[0]) == 1, int(reply[1]), int(reply[2]))
+
+    # Request rate limits (SPEC §6), shared by all replicas through Redis
+
+    async def rate_limit(
+        self,
+        *,
+        session_id: str | None = None,
+        account_id: str | None = None,
+        creates: bool = False,
+        scope: str | None = None,
+    ) -> RateLimitResult | None:
+        """Count a request naming ``account_id`` (or the account of ``session_id``) against
+        the account's request rate and, with ``creates``, its create rate; one script call.
+
+        ``None``: no account is named (the session is unknown, or its account is outside
+        ``scope``), so no limit applies. A refused request changes no limit.
+        """
+        if session_id is not None:
+            pk = await self._locate(session_id)
+            if pk is None:
+                return None
+        elif account_id is not None:
+            pk = self.partition_for(account_id)
+        else:
+            return None
+        reply = await self._call(
+            "rate_limit", pk, session_id or "", account_id or "", "1" if creates else "0",
+            scope or "",
+        )  # fmt: skip
+        if int(reply[0]) == 0:
+            return None
+        groups = reply[4:]
+        limits = tuple(
+            RateLimit(_text(groups[i]), *(int(v) for v in groups[i + 1 : i + 4]))
+            for i in range(0, len(groups), 4)
+        )
+        return RateLimitResult(
+            _text(reply[1]), _text(reply[2]), int(reply[0]) == 1, int(reply[3]), limits
+        )
 
     # The engine
 

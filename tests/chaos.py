@@ -85,6 +85,8 @@ class Report:
 
 
 class Chaos:
+    initial_replicas = 3
+
     def __init__(self, workdir: Path, seconds: float, seed: int) -> None:
         self.workdir = workdir
         self.seconds = seconds
@@ -107,9 +109,13 @@ class Chaos:
 
     # Processes
 
-    def start_replica(self, index: int) -> None:
+    def new_replica(self, index: int) -> Daemon:
+        """The daemon process for replica ``index``, not started yet."""
         env = {**SETTINGS, "LIFECYCLE_REDIS_URL": self.valkey.url}
-        daemon = Daemon(env, self.workdir / f"replica-{index}.log")
+        return Daemon(env, self.workdir / f"replica-{index}.log")
+
+    def start_replica(self, index: int) -> None:
+        daemon = self.new_replica(index)
         if index < len(self.replicas):
             daemon.http_port = self.replicas[index].http_port
             daemon.metrics_port = self.replicas[index].metrics_port
@@ -271,7 +277,7 @@ class Chaos:
                       "plan": "enterprise"}  # fmt: skip
             pipe.xadd(events_key(account), fields)
         await pipe.execute()
-        for index in range(3):
+        for index in range(self.initial_replicas):
             self.start_replica(index)
         for daemon in self.replicas:
             await asyncio.to_thread(_wait_ready, daemon)

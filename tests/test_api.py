@@ -24,7 +24,7 @@ from daemon.health import Health
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from tests.conftest import Harness
-from tests.servers import Daemon, eventually
+from tests.servers import Daemon, eventually, plans_without_rate_limits
 
 Start = Callable[..., Daemon]
 JSON = {"Content-Type": "application/json"}
@@ -66,6 +66,7 @@ async def api(redis: Any) -> AsyncIterator[MakeApi]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def make(**settings: Any) -> Api:
+        settings.setdefault("plans_file", plans_without_rate_limits())
         h = Harness(redis, Settings(**settings))
         if not servers:
             await h.setup()
@@ -307,12 +308,11 @@ async def test_patch_changes_limits_within_the_plan_and_the_time_used(api: MakeA
     assert raised["status"] == "ready"
 
     status, lowered, _ = await a.call(
-        "PATCH", "/v1/sessions/s1", {"timeout_seconds": 120, "inactivity_timeout_seconds": 30}
+        "PATCH", "/v1/sessions/s1", {"timeout_seconds": 120, "inactivity_timeout_seconds": 110}
     )
     assert status == 200
     assert _ms(lowered["expires_at"]) == _ms(lowered["created_at"]) + 120_000
-    assert _ms(lowered["idle_expires_at"]) == _ms(lowered["last_activity_at"]) + 30_000
-    # Idle for 100 s with a 30 s timeout: overdue, the inactivity deadline is the effective one.
+    assert _ms(lowered["idle_expires_at"]) == _ms(lowered["last_activity_at"]) + 110_000
     assert lowered["terminates_at"] == lowered["idle_expires_at"]
     status, unkilled, _ = await a.call("PATCH", "/v1/sessions/s1", {"auto_kill": False})
     assert status == 200 and unkilled["auto_kill"] is False
@@ -324,6 +324,62 @@ async def test_patch_changes_limits_within_the_plan_and_the_time_used(api: MakeA
     # The deadlines the expirer reads moved with the record.
     h = a.harness
     assert await h.redis.zscore(h.pk.deadlines, "s1") == _ms(unkilled["expires_at"])
+
+
+async def test_patch_into_the_past_ends_the_session_at_the_patch_not_before(
+    api: MakeApi,
+) -> None:
+    a = await api()
+    h = a.harness
+    await _created_seconds_ago(a, "s1", 228, inactivity_timeout_seconds="600")
+    before = await h.server_ms()
+    status, ended, _ = await a.call("PATCH", "/v1/sessions/s1", {"inactivity_timeout_seconds": 1})
+    after = await h.server_ms()
+    assert status == 200, ended
+    assert ended["status"] == "terminated" and ended["termination_reason"] == "inactivity"
+    assert before <= _ms(ended["terminated_at"]) <= after
+    [(_, command)] = await h.redis.xrange(h.pk.commands)
+    assert command[b"reason"] == b"inactivity"
+    assert int(command[b"deadline"]) == _ms(ended["terminated_at"])
+    assert int(command[b"duration_ms"]) >= 228_000
+    assert await h.redis.zscore(h.pk.deadlines, "s1") is None
+    # Ended by the PATCH, not by the expirer: no expiry lateness is observed.
+    assert a.metrics.expiry_lateness._sum.get() == 0
+    status, body, _ = await a.call("PATCH", "/v1/sessions/s1", {"inactivity_timeout_seconds": 5})
+    assert_error(status, body, 409, "session_terminated")
+
+
+async def test_huge_numbers_and_duplicate_keys_are_refused_naming_the_field(
+    api: MakeApi,
+) -> None:
+    a = await api()
+    await a.create(session_id="s1")
+    huge = "9" * 5000
+    for method, path, raw, field in [
+        ("POST", "/v1/sessions", f'{{"account_id": "a", "timeout_seconds": {huge}}}',
+         "timeout_seconds"),
+        ("POST", "/v1/sessions", '{"account_id": "a", "timeout_seconds": 9223372036854775808}',
+         "timeout_seconds"),
+        ("PATCH", "/v1/sessions/s1", f'{{"inactivity_timeout_seconds": -{huge}}}',
+         "inactivity_timeout_seconds"),
+        ("PATCH", "/v1/sessions/s1", '{"timeout_seconds": 1e+35}', "timeout_seconds"),
+        ("PUT", "/v1/accounts/acme", f'{{"plan": {huge}}}', "plan"),
+        ("POST", "/v1/sessions", '{"account_id": "a", "account_id": "b"}', "account_id"),
+    ]:  # fmt: skip
+        status, body, _ = await a.call(
+            method, path, data=raw, headers={"Content-Type": "application/json"}
+        )
+        message = assert_error(status, body, 422, "invalid_request")
+        assert field in message and "e+" not in message, message
+    assert await a.harness.redis.keys("*:s:*") == [b"lifecycle:{0}:s:s1"]
+    # A number under 2⁶³ but over the plan's maximum is said as sent, not as a float.
+    status, body, _ = await a.call(
+        "POST", "/v1/sessions", data='{"account_id": "a", "timeout_seconds": 9223372036854775807}',
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert "9223372036854775807 is over the maximum" in assert_error(
+        status, body, 422, "invalid_request"
+    )
 
 
 async def test_patch_allows_the_plan_maximum_of_the_account_now(api: MakeApi) -> None:
@@ -617,3 +673,31 @@ def _ms(rfc3339: str) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+async def test_activity_over_http_records_an_action(api: MakeApi) -> None:
+    a = await api()
+    created = await a.create(session_id="s1", inactivity_timeout_seconds=60)
+    assert created["status"] == "ready"
+    status, kept, _ = await a.call("POST", "/v1/sessions/s1/keepalive")
+    assert status == 200 and kept["status"] == "ready"  # a keepalive is not an action
+    status, acted, _ = await a.call("POST", "/v1/sessions/s1/activity", {"source": "ide"})
+    assert status == 200 and acted["status"] == "running"
+    assert _ms(acted["last_activity_at"]) >= _ms(kept["last_activity_at"])
+    assert _ms(acted["idle_expires_at"]) == _ms(acted["last_activity_at"]) + 60_000
+    status, again, _ = await a.call("POST", "/v1/sessions/s1/activity")  # no body at all
+    assert status == 200 and again["status"] == "running"
+
+    for body, field in [({"source": "IDE!"}, "source"), ({"source": "x" * 65}, "source"),
+                        ({"source": 3}, "source"), ({"colour": "red"}, "colour")]:  # fmt: skip
+        status, reply, _ = await a.call("POST", "/v1/sessions/s1/activity", body)
+        assert field in assert_error(status, reply, 422, "invalid_request")
+    status, reply, _ = await a.call("POST", "/v1/sessions/nope/activity")
+    assert_error(status, reply, 404, "session_not_found")
+    status, _, _ = await a.call("PUT", "/v1/accounts/acme", {"billing_status": "card_expired"})
+    assert status == 200
+    status, reply, _ = await a.call("POST", "/v1/sessions/s1/activity")
+    assert "card_expired" in assert_error(status, reply, 402, "payment_required")
+    status, _, _ = await a.call("PUT", "/v1/accounts/acme", {"billing_status": "ok"})
+    status, reply, _ = await a.call("POST", "/v1/sessions/s1/activity")
+    assert_error(status, reply, 409, "session_terminated")

@@ -67,6 +67,8 @@ async def test_help_lists_every_command_and_the_exit_codes() -> None:
         "create",
         "status",
         "keepalive",
+        "activity",
+        "extend",
         "terminate",
         "sessions",
         "account",
@@ -115,11 +117,23 @@ async def test_round_trip_tables_json_and_errors(daemons: Start) -> None:
     assert [s["session_id"] for s in as_json.json()["sessions"]] == [sid]
 
     assert re.search(r"^live sessions\s+1 of 2$", account.out, re.M), account.out
+    acted = await cli("activity", sid, "--source", "ide", "--json", *api)
+    assert acted.code == 0 and acted.json()["status"] == "running", acted.err
+    extended = await cli("extend", sid, "--timeout", "1800", "--no-auto-kill", "--json", *api)
+    assert extended.code == 0, extended.err
+    assert extended.json()["max_lifetime_seconds"] == 1800
+    assert extended.json()["auto_kill"] is False
+    over_plan = await cli("extend", sid, "--timeout", "7200", *api)
+    assert over_plan.failed_cleanly(2, "over the maximum of plan free"), over_plan
     upgraded = await cli("account", "acme", "--plan", "pro", "--json", *api)
     assert upgraded.code == 0 and upgraded.json()["max_concurrent"] == 10
 
     ended = await cli("terminate", sid, *api)
     assert ended.code == 0 and re.search(r"^status\s+terminated \(requested\)$", ended.out, re.M)
+    # A terminated session shows when and why it ended, not deadlines that no longer apply.
+    assert re.search(r"^ended\s+\S+ \S+ UTC \((now|\ds ago)\)$", ended.out, re.M), ended.out
+    assert re.search(r"^reason\s+requested$", ended.out, re.M)
+    assert "expires" not in ended.out and "(in " not in ended.out
     again, missing, too_long, *small = await asyncio.gather(
         cli("keepalive", sid, *api),
         cli("status", "nope", *api),
@@ -214,3 +228,37 @@ async def test_keepalive_every_holds_a_session_until_stopped(redis: Any, daemons
 async def _terminated(client: LifecycleClient, sid: str) -> Any:
     status = await client.status(sid)
     return status if status.terminated else None
+
+
+def test_a_closed_stdout_ends_the_command_quietly() -> None:
+    """``lifecycled … | head -1``: the reader leaves early; no BrokenPipeError traceback."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "daemon", "check-config"],
+            stdout=write, stderr=subprocess.PIPE, env=env, timeout=30, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == b"", proc.stderr
+
+
+def test_the_sdk_prints_nothing_and_logs_through_the_logging_module() -> None:
+    import subprocess
+
+    program = (
+        "import logging, sys\n"
+        "from daemon import client\n"
+        "client.log.warning('keepalive_stopped', session_id='s1')\n"
+        "logging.basicConfig(stream=sys.stderr, format='%(name)s %(levelname)s %(message)s')\n"
+        "client.log.warning('keepalive_stopped', session_id='s2')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=30, check=True)  # fmt: skip
+    assert proc.stdout == ""
+    assert "lifecycled.client WARNING keepalive_stopped" in proc.stderr

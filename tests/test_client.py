@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from daemon.client import (
     Account,
@@ -180,6 +181,31 @@ async def test_api_keys_unauthorized_forbidden_and_lockout(daemons: Start) -> No
         assert locked.retry_after is not None and locked.retry_after > 0
 
 
+_RECORD_ATTRIBUTES = set(vars(logging.makeLogRecord({})))
+
+
+@contextlib.contextmanager
+def client_logs() -> Iterator[list[dict[str, Any]]]:
+    """The SDK's log lines, as the standard logging module receives them."""
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            fields = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
+            lines.append({"event": record.getMessage(), **fields})
+
+    logger = logging.getLogger("lifecycled.client")
+    handler = Collect()
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 async def test_transport_failures_are_connection_failed(caplog: Any) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     async with LifecycleClient(dead) as client:
@@ -188,10 +214,10 @@ async def test_transport_failures_are_connection_failed(caplog: Any) -> None:
     assert refused.value.status is None and dead in refused.value.message
 
     async with LifecycleClient(dead, retries=2, retry_backoff=0.01) as client:
-        with capture_logs() as logs, pytest.raises(ConnectionFailed):
+        with client_logs() as logs, pytest.raises(ConnectionFailed):
             await client.terminate("s1")
         assert [e["event"] for e in logs] == ["request_retried", "request_retried"]
-        with capture_logs() as logs, pytest.raises(ConnectionFailed):
+        with client_logs() as logs, pytest.raises(ConnectionFailed):
             await client.create("acme")
         assert logs == []  # creating is not idempotent: never retried
 
@@ -271,7 +297,7 @@ async def _after(redis: Any, ms: int) -> bool:
 async def test_keepalive_loop_logs_failures_and_stops_on_termination(
     redis: Any, client: LifecycleClient
 ) -> None:
-    with capture_logs() as logs:
+    with client_logs() as logs:
         async with client.session("acme", keepalive_every=0.1) as held:
             await client.terminate(held.session_id)
             await eventually(lambda: _is(held.keepalive_error, SessionTerminated))

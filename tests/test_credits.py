@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 import pytest
 
 from daemon import errors
+from daemon.scripts import script_source
 from daemon.settings import Settings
 from daemon.store import Store
 
-COMMON = (resources.files("daemon") / "lua" / "includes" / "common.lua").read_text()
+COMMON = script_source("includes/common")
 
 
 async def _lua(redis: Any, body: str) -> Any:

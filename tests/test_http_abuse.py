@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import socket
 from collections import Counter
@@ -85,3 +86,42 @@ async def test_oversized_slow_and_many_clients(redis: Any, daemons: Start) -> No
             s.close()
     # Memory stays bounded: nothing of the burst is kept.
     assert rss_kib(d.proc.pid) - rss_before < 64 * 1024
+
+
+async def _raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+async def test_unparsable_requests_get_the_json_error_and_leave_no_bytes_in_the_log(
+    redis: Any, daemons: Start
+) -> None:
+    key = "sk-live-7f3a9c1e55d04b2a"
+    d: Daemon = daemons()
+    port = int(d.api.rsplit(":", 1)[1])
+    auth = f"Authorization: Bearer {key}\r\n".encode()
+    requests = {
+        "nul in a header": b"GET /v1/sessions/x HTTP/1.1\r\nHost: a\r\n" + auth
+        + b"X-Bad: a\x00b\r\n\r\n",
+        "header over 8190 bytes": b"GET /v1/sessions/x HTTP/1.1\r\nHost: a\r\n" + auth
+        + b"X-Long: " + b"k" * 9000 + b"\r\n\r\n",
+        "negative content-length": b"POST /v1/sessions HTTP/1.1\r\nHost: a\r\n" + auth
+        + b"Content-Length: -5\r\n\r\n",
+    }  # fmt: skip
+    for what, request in requests.items():
+        status, headers, body = await _raw_request(port, request)
+        assert status == 400, what
+        assert headers["content-type"].startswith("application/json"), what
+        reply = json.loads(body)
+        assert set(reply) == {"error", "message"} and reply["error"] == "bad_request", what
+    log = d.log()
+    assert log.count('"http_request_refused"') == len(requests)
+    assert key not in log and "kkkkkkkk" not in log and "Traceback" not in log
+    assert '"level": "error"' not in log

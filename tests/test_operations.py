@@ -493,6 +493,8 @@ async def test_embedded_server_stops_on_sigterm_and_on_a_failed_start(
         assert d.proc.wait(timeout=20) == 1
     [failed] = named(d, "daemon_start_failed")
     assert "address already in use" in failed["error"].lower()
+    assert failed["error"].startswith(f"http_port: cannot listen on 127.0.0.1:{port}")
+    assert "LIFECYCLE_HTTP_PORT" in failed["error"]
     assert not _alive(_valkey_pid(d))
 
 

@@ -10,8 +10,8 @@
     ARGV[11] consumer group
     ARGV[12...] entries, each: entry id, op, argument count n, n arguments
       'C' created    session, account, timeout, inactivity, auto_kill, plan
-      'A' activity   session, account, ts ('' = the entry's time)
-      'K' keepalive  session, account, ts
+      'A' activity   session, account, ts ('' = the entry's time), source ('' = stream)
+      'K' keepalive  session, account, ts, source
       'T' terminate  session, account, reason
       'X' terminated session, account       (reported gone: reason external, no command)
       'B' billing    account, billing status, plan ('' = unchanged)
@@ -56,7 +56,9 @@ while i <= #ARGV do
       local ts = at
       if ARGV[a + 2] ~= '' then ts = tonumber(ARGV[a + 2]) end
       if ts > now + SKEW_MS then ts = now end
-      outcome = touch(ARGV[a], ARGV[a + 1], ts, op == 'A', at, now)
+      local source = ARGV[a + 3]
+      if source == nil or source == '' then source = 'stream' end
+      outcome = touch(ARGV[a], ARGV[a + 1], ts, op == 'A', at, now, source)
     elseif op == 'C' then
       local sid, account, plan = ARGV[a], ARGV[a + 1], ARGV[a + 5]
       if plan ~= '' then redis.call('HSETNX', account_key(account), 'plan', plan) end

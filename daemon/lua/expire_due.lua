@@ -101,6 +101,7 @@ if WARN_MS > 0 then
       redis.call('HSET', key, 'w', deadline)
       emit('type', 'expiring', 'session_id', sid, 'account_id', h[2], 'reason', reason,
         'terminates_at', deadline)
+      timeline_add(sid, 'expiring', now, {reason = reason, terminates_at = deadline})
       warned = warned + 1
     end
   end

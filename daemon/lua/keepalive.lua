@@ -1,12 +1,15 @@
 --[[
-  Keepalive through the API: last_activity_at = now (never backwards, never past
-  expires_at); the status stays as it is. A keepalive after the session's deadline has
+  Keepalive or activity through the API: last_activity_at = now (never backwards, never
+  past expires_at); a keepalive leaves the status as it is, an activity turns a ready
+  session running. A keepalive after the session's deadline has
   passed comes too late: the session ends at that deadline, as the expirer would end it
   (an inactivity deadline held by the lag-safe rule has not passed yet).
 
   Input: KEYS and ARGV[1..9] as in includes/common.lua, then
     ARGV[10] session id
     ARGV[11] consumer group of the events stream
+    ARGV[12] '1' for an activity, '0' for a keepalive
+    ARGV[13] what acted, for the timeline ('' = 'api')
   Output: {1, now, field, value, ...} | {-404} | {-402, billing status} | {-409}
 ]]
 --- @include "common"
@@ -28,5 +31,7 @@ if deadline <= now then
   terminate(sid, reason, deadline, now)
   return {-409}
 end
-touch(sid, h[1], now, false)
+local source = ARGV[13]
+if source == nil or source == '' then source = 'api' end
+touch(sid, h[1], now, ARGV[12] == '1', nil, now, source)
 return view(1, sid, now)

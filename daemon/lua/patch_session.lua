@@ -11,7 +11,8 @@
     ARGV[14] account id the caller is limited to ('' = any); another account's
              session is reported as unknown
   Output:
-    {1, now, field, value, ...}  changed; the session record
+    {1, now, field, value, ...}  changed; the session record (terminated, with reason and
+                                 deadline = now, when the new limits' deadline has passed)
     {-404} | {-409} terminated | {-422, message}
 ]]
 --- @include "common"
@@ -44,5 +45,15 @@ if inactivity ~= '' then i = tonumber(inactivity) end
 if auto_kill ~= '' then k = auto_kill end
 
 redis.call('HSET', key, 'e', e, 'i', i, 'k', k)
+local deadline, reason = deadline_of(e, l, i, k)
+if deadline <= now then
+  -- The new limits put the deadline in the past: the session ends now, at the PATCH's own
+  -- time, never back-dated to a moment it was still allowed to run.
+  terminate(sid, reason, now, now)
+  return view(1, sid, now)
+end
 schedule(sid, e, l, i, k, h[8])
+local changed = {timeout_seconds = tonumber(timeout), inactivity_timeout_seconds = tonumber(inactivity)}
+if auto_kill ~= '' then changed.auto_kill = auto_kill == '1' end
+timeline_add(sid, 'extended', now, changed)
 return view(1, sid, now)

@@ -81,46 +81,12 @@ end
 local function session_key(sid) return BASE .. 's:' .. sid end
 local function account_key(account) return BASE .. 'a:' .. account end
 local function live_key(account) return BASE .. 'live:' .. account end
--- Accounts' depletion moments and low-balance warning times: member account id. Sorted
--- sets of their own, not members of the deadlines set: a session id may contain ':' and
--- so may look like any account member, and a 0.2 expire_due drops deadlines members it
--- finds no session record for.
-local K_DEPLETIONS = BASE .. 'depletions'
-local K_LOWBAL = BASE .. 'lowbal'
-local K_CONSUMED = BASE .. 'consumed'  -- micro-credits consumed in the partition, in all
-local LOWBAL_MS = (tonumber(OPT.low_balance_warn_ms) or 0)
+--- @include "timeline"
 
 -- Plan name and billing status of an account; an account never written has the defaults.
 local function account_state(account)
   local v = redis.call('HMGET', account_key(account), 'plan', 'billing')
   return v[1] or DEFAULT_PLAN, v[2] or 'ok'
-end
-
--- An integer as Redis should store it: Lua's own conversion keeps only 14 digits.
-local function int_str(n) return string.format('%.0f', n) end
-
--- Micro-credits a burn of ``burn`` micro-credits per hour consumes in ``dt`` ms, rounded
--- down; exact while the result is below 2^53 (balances are capped well below it), since
--- every partial product is: burn = q*H + r, dt = dh*H + dm.
-local HOUR_MS = 3600000
-local function consumed(burn, dt)
-  if burn <= 0 or dt <= 0 then return 0 end
-  local q = math.floor(burn / HOUR_MS)
-  local r = burn - q * HOUR_MS
-  local dh = math.floor(dt / HOUR_MS)
-  local dm = dt - dh * HOUR_MS
-  return burn * dh + q * dm + math.floor(r * dm / HOUR_MS)
-end
-
--- The first ms at which ``bal`` micro-credits settled at ``at`` are used up at ``burn``:
--- a double estimate corrected against consumed(), so the deadline is never early.
-local function depletion_time(bal, at, burn)
-  if bal <= 0 then return at end
-  local dt = math.ceil(bal * HOUR_MS / burn)
-  if dt > 1e15 then return at + 1e15 end
-  while consumed(burn, dt) < bal do dt = dt + 1 end
-  while dt > 0 and consumed(burn, dt - 1) >= bal do dt = dt - 1 end
-  return at + dt
 end
 
 local function plan_limits(name)
@@ -149,94 +115,7 @@ end
 local function emit(...)
   return redis.call('XADD', K_COMMANDS, 'MAXLEN', '~', COMMANDS_MAXLEN, '*', ...)
 end
-
--- Bring a metered account's balance to time t (no-op when t is not after its last settle).
--- Returns bal, at, burn after it; nil for an account without a balance.
-local function settle(account, t)
-  local key = account_key(account)
-  local v = redis.call('HMGET', key, 'mb', 'mt', 'mr', 'mn')
-  if not v[1] then return nil end
-  local bal, at, burn, n = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]) or 0, tonumber(v[4]) or 0
-  if t > at then
-    local used = math.min(bal, consumed(burn, t - at))
-    bal = bal - used
-    redis.call('HSET', key, 'mb', int_str(bal), 'mt', int_str(t))
-    if used > 0 then
-      redis.call('HINCRBY', key, 'mc', int_str(used))
-      redis.call('INCRBY', K_CONSUMED, int_str(used))
-    end
-    if n > 0 then redis.call('HINCRBY', key, 'ms', int_str(n * (t - at))) end
-    at = t
-  end
-  return bal, at, burn
-end
-
--- Move an account's depletion (and low-balance warning) to match bal, at and burn.
-local function reschedule(account, bal, at, burn)
-  if burn <= 0 then
-    redis.call('ZREM', K_DEPLETIONS, account)
-    redis.call('ZREM', K_LOWBAL, account)
-    return nil
-  end
-  local dep = depletion_time(bal, at, burn)
-  redis.call('ZADD', K_DEPLETIONS, int_str(dep), account)
-  if LOWBAL_MS > 0 and redis.call('HGET', account_key(account), 'mw') ~= '1' then
-    redis.call('ZADD', K_LOWBAL, int_str(dep - LOWBAL_MS), account)
-  end
-  return dep
-end
-
--- Charge (sign 1) or refund (sign -1) the run of a rate between t and the account's last
--- settle ``at`` when a session starts or stops at t < at (a lagging entry, a late expiry).
-local function backdate(account, rate, t, at, bal, sign)
-  if t >= at then return bal end
-  local amount = consumed(rate, at - t)
-  if sign > 0 then amount = math.min(amount, bal) end
-  bal = bal - sign * amount
-  local key = account_key(account)
-  redis.call('HSET', key, 'mb', int_str(bal))
-  redis.call('HINCRBY', key, 'mc', int_str(sign * amount))
-  redis.call('HINCRBY', key, 'ms', int_str(sign * (at - t)))
-  return bal
-end
-
--- A session starts running at t (create; resume): when its account is metered and its
--- plan has a rate, the session keeps that rate (a later plan change does not rewrite it).
-local function meter_start(account, sid, t)
-  local plan = plan_limits((account_state(account)))
-  local skey = session_key(sid)
-  local rate = tonumber(redis.call('HGET', skey, 'mr')) or plan.credits_per_hour_micro
-  if rate < 0 then return end
-  local bal, at, burn = settle(account, t)
-  if not bal then return end
-  bal = backdate(account, rate, t, at, bal, 1)
-  redis.call('HSET', skey, 'mr', int_str(rate), 'ma', int_str(t))
-  redis.call('HINCRBY', account_key(account), 'mn', 1)
-  burn = burn + rate
-  redis.call('HSET', account_key(account), 'mr', int_str(burn))
-  reschedule(account, bal, at, burn)
-end
-
--- A session stops running at t (every termination; pause). Returns the micro-credits it
--- has used in all (0 when not metered) and records them as mu.
-local function meter_stop(account, sid, t)
-  local skey = session_key(sid)
-  local v = redis.call('HMGET', skey, 'mr', 'ma', 'mu')
-  local used = tonumber(v[3]) or 0
-  if not v[1] or not v[2] then return used end
-  local rate, started = tonumber(v[1]), tonumber(v[2])
-  used = used + consumed(rate, math.max(0, t - started))
-  redis.call('HSET', skey, 'mu', int_str(used))
-  redis.call('HDEL', skey, 'ma')
-  local bal, at, burn = settle(account, t)
-  if not bal then return used end
-  bal = backdate(account, rate, t, at, bal, -1)
-  redis.call('HINCRBY', account_key(account), 'mn', -1)
-  burn = math.max(0, burn - rate)
-  redis.call('HSET', account_key(account), 'mr', int_str(burn))
-  reschedule(account, bal, at, burn)
-  return used
-end
+--- @include "credits"
 
 -- The single place a session becomes terminated. Returns false (and writes nothing)
 -- when it is unknown or already terminated: this check is what makes the terminate
@@ -264,6 +143,7 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
   end
   if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
   redis.call('PEXPIRE', key, RETENTION_MS)
+  timeline_add(sid, 'terminated', now, {reason = reason, deadline = deadline})
   if reason ~= 'external' then
     local created = tonumber(h[3])
     emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
@@ -318,7 +198,8 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   if deferred_error ~= '' then return -422, deferred_error end
   local m = tonumber(timeout) or math.min(3600, plan.max_duration)
   if m > plan.max_duration then
-    return -422, 'timeout_seconds ' .. m .. ' is over the maximum of plan ' .. plan_name
+    -- The number as sent: tostring of a large Lua number would print it as a float.
+    return -422, 'timeout_seconds ' .. timeout .. ' is over the maximum of plan ' .. plan_name
       .. ' (' .. plan.max_duration .. ' seconds)'
   end
   local key = session_key(sid)
@@ -329,6 +210,7 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
     'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
   redis.call('SADD', live_key(account), sid)
   meter_start(account, sid, created_at)
+  timeline_add(sid, 'created', created_at)
   return 1, schedule(sid, e, created_at, i, auto_kill, nil)
 end
 
@@ -340,7 +222,7 @@ end
   (every earlier entry has been applied, in stream order), so the session ends at that
   deadline now, and 'ended:<reason>' is returned.
 ]]
-local function touch(sid, account, ts, is_activity, arrived, now)
+local function touch(sid, account, ts, is_activity, arrived, now, source)
   local key = session_key(sid)
   local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k', 'w')
   if not h[1] then return 'ignored:unknown_session' end
@@ -355,7 +237,12 @@ local function touch(sid, account, ts, is_activity, arrived, now)
     end
   end
   if ts < l then return 'ignored:stale' end
-  if is_activity and h[1] == 'r' then redis.call('HSET', key, 's', 'u') end
+  if is_activity and h[1] == 'r' then
+    redis.call('HSET', key, 's', 'u')
+    timeline_add(sid, 'running', ts, {source = source})
+  else
+    timeline_touch(sid, is_activity and 'activity' or 'keepalive', source, ts)
+  end
   if ts > l then
     redis.call('HSET', key, 'l', ts)
     -- Without auto_kill the deadline is the maximum lifetime, which activity never moves.
