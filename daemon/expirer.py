@@ -16,6 +16,7 @@ import structlog
 
 from daemon.keys import PartitionKeys
 from daemon.metrics import Metrics
+from daemon.model import MICRO
 from daemon.shield import shielded
 from daemon.store import ExpireResult, Store
 
@@ -36,6 +37,7 @@ class PartitionExpirer:
         self._wake_at_ms: int | None = None  # server time of the planned next pass
         self._held = False  # the last pass found a deadline waiting for the consumer
         self._applied_in_pass = False  # a batch was applied while a pass ran
+        self._consumed_seen: int | None = None  # the partition's consumption total, last pass
 
     def nudge(self, deadline_ms: int | None) -> None:
         """A deadline was written here; wake early if it is nearer than the plan."""
@@ -55,8 +57,19 @@ class PartitionExpirer:
 
     async def run_once(self) -> ExpireResult:
         result = await shielded(self.store.expire_due(self.pk))
+        m = self.metrics
+        if result.by_billing:
+            m.terminations.labels(reason="billing").inc(result.by_billing)
+        if result.depletions:
+            m.depletions.inc(result.depletions)
+            log.info("credits_depleted", partition=self.pk.partition, accounts=result.depletions,
+                     sessions_terminated=result.by_billing)  # fmt: skip
+        # Consumption is counted by the replica that expires the partition, from the total
+        # the partition keeps, starting at what it was when this expirer first saw it.
+        if self._consumed_seen is not None and result.consumed_micro > self._consumed_seen:
+            m.credits_consumed.inc((result.consumed_micro - self._consumed_seen) / MICRO)
+        self._consumed_seen = result.consumed_micro
         if result.terminated:
-            m = self.metrics
             m.terminations.labels(reason="inactivity").inc(result.by_inactivity)
             m.terminations.labels(reason="max_lifetime").inc(
                 result.terminated - result.by_inactivity
@@ -74,7 +87,7 @@ class PartitionExpirer:
             self._applied_in_pass = False
             result = await self.run_once()
             self._held = result.held
-            if result.terminated >= self.store.settings.expire_batch:
+            if result.terminated + result.by_billing >= self.store.settings.expire_batch:
                 continue  # more are due right now
             if result.next_due_ms is None:
                 delay = MAX_SLEEP_SECONDS

@@ -69,6 +69,17 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.credits_consumed = Counter(
+            "lifecycle_credits_consumed",
+            "Prepaid credits consumed by metered sessions (SPEC §7), counted by the replica "
+            "that expires their partition.",
+            registry=r,
+        )
+        self.depletions = Counter(
+            "lifecycle_depletions",
+            "Metered accounts whose balance ran out (their sessions ended for billing).",
+            registry=r,
+        )
         self.sessions_live = Gauge(
             "lifecycle_sessions_live", "Live (ready or running) sessions, read from Redis.",
             registry=r,

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from daemon import errors
 from daemon.scripts import script_source
 from daemon.settings import Settings
 from daemon.store import Store
+from tests.servers import Daemon, eventually
 
 COMMON = script_source("includes/common")
 
@@ -51,7 +58,8 @@ async def test_settle_consumes_to_the_time_and_reschedules_depletion(redis: Any)
         "local bal, at, burn = settle('acme', 3000)\n"
         "return {int_str(bal), int_str(at), int_str(reschedule('acme', bal, at, burn))}",
     )
-    assert [int(v) for v in got] == [8_000_000, 3000, 11_000]
+    # The expirer is to wake first for the low-balance warning, 600 s before.
+    assert [int(v) for v in got] == [8_000_000, 3000, 11_000 - 600_000]
     assert await redis.zscore("lifecycle:{0}:depletions", "acme") == 11_000
     assert await redis.hget("lifecycle:{0}:a:acme", "ms") == b"2000"
 
@@ -98,3 +106,242 @@ async def test_create_with_a_zero_balance_is_402_balance_depleted(
     with pytest.raises(errors.PaymentRequired, match="balance_depleted"):
         await h.store.create_session("s1", "acme", None, None, True)
     await h.store.create_session("s2", "other", None, None, True)  # no balance: unmetered
+
+
+# Against ``lifecycled run``: a metered default plan of 1 credit per running second.
+
+Start = Callable[..., Daemon]
+COMMANDS = "lifecycle:{0}:commands"
+
+
+def _metered_plans(tmp_path: Path) -> Path:
+    plans = tmp_path / "metered-plans.toml"
+    plans.write_text(
+        "[plans.metered]\nmax_duration_seconds = 3600\ncredits_per_hour = 3600\n"
+        "[plans.flat]\nmax_duration_seconds = 3600\n"
+    )
+    return plans
+
+
+def _metered_daemon(daemons: Start, tmp_path: Path, **settings: Any) -> Daemon:
+    settings.setdefault("low_balance_warn_seconds", 0)
+    return daemons(plans_file=_metered_plans(tmp_path), default_plan="metered", **settings)
+
+
+async def _call(
+    http: aiohttp.ClientSession, method: str, url: str, body: Any = None
+) -> tuple[int, Any]:
+    async with http.request(method, url, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def _top_up(
+    http: aiohttp.ClientSession, api: str, account: str, amount: Any, key: str
+) -> Any:
+    status, body = await _call(
+        http, "POST", f"{api}/v1/accounts/{account}/credits",
+        {"amount": amount, "idempotency_key": key},
+    )  # fmt: skip
+    assert status == 200, body
+    return body
+
+
+async def _create(http: aiohttp.ClientSession, api: str, account: str, sid: str) -> Any:
+    status, body = await _call(
+        http, "POST", f"{api}/v1/sessions", {"account_id": account, "session_id": sid}
+    )
+    assert status == 201, body
+    return body
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+async def _commands(redis: Any, kind: str = "terminate") -> list[dict[str, str]]:
+    out = []
+    for _, fields in await redis.xrange(COMMANDS):
+        entry = {k.decode(): v.decode() for k, v in fields.items()}
+        if entry["type"] == kind:
+            out.append(entry)
+    return out
+
+
+async def _when_commands(redis: Any, n: int, kind: str = "terminate", timeout: float = 15) -> Any:
+    async def enough() -> list[dict[str, str]] | None:
+        cmds = await _commands(redis, kind)
+        return cmds if len(cmds) >= n else None
+
+    return await eventually(enough, timeout=timeout, what=f"{n} {kind} commands")
+
+
+async def _until(redis: Any, ms: int) -> None:
+    """Wait until the server clock reads ``ms``."""
+    while True:
+        sec, usec = await redis.time()
+        if int(sec) * 1000 + int(usec) // 1000 >= ms:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _one_session(
+    http: aiohttp.ClientSession, daemons: Start, tmp_path: Path, credits: int
+) -> tuple[Daemon, int]:
+    """A daemon, account acme topped up with ``credits`` and its session s1 (created_at)."""
+    d = _metered_daemon(daemons, tmp_path)
+    await _top_up(http, d.api, "acme", credits, "inv_1")
+    return d, _ms((await _create(http, d.api, "acme", "s1"))["created_at"])
+
+
+async def test_two_sessions_share_ten_credit_seconds_and_end_together_at_five_seconds(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    d = _metered_daemon(daemons, tmp_path)
+    async with aiohttp.ClientSession() as http:
+        account = await _top_up(http, d.api, "acme", 10, "inv_1")
+        assert account["metered"] is True and account["balance"] == 10
+        assert account["depletes_at"] is None and account["burn_per_hour"] == 0
+        s1 = await _create(http, d.api, "acme", "s1")
+        s2 = await _create(http, d.api, "acme", "s2")
+        _, account = await _call(http, "GET", f"{d.api}/v1/accounts/acme")
+        assert account["burn_per_hour"] == 7200 and account["credits_per_hour"] == 3600
+        c1, c2 = _ms(s1["created_at"]), _ms(s2["created_at"])
+        # 10 credits = (dep - c1) + (dep - c2) seconds: to the millisecond, rounded up.
+        expected = -(-(10_000 + c1 + c2) // 2)
+        assert _ms(account["depletes_at"]) == expected
+        cmds = await _when_commands(redis, 2)
+        assert sorted(c["session_id"] for c in cmds) == ["s1", "s2"]
+        for c in cmds:
+            assert c["reason"] == "billing"
+            assert int(c["deadline"]) == expected
+            # Never early; late by no more than a loaded test machine allows the SLO.
+            assert 0 <= int(c["emitted_at"]) - expected < 500
+        # Each session's own running time (the account's 10 rounded up to the ms).
+        used = sum(Decimal(c["credits_used"]) for c in cmds)
+        assert used == Decimal(2 * expected - c1 - c2) / 1000
+        _, account = await _call(http, "GET", f"{d.api}/v1/accounts/acme")
+        assert account["billing_status"] == "balance_depleted"
+        assert account["balance"] == 0 and account["depletes_at"] is None
+        assert account["live_sessions"] == 0 and account["usage"]["credits"] == 10
+        assert account["usage"]["session_seconds"] == 10
+        _, status = await _call(http, "GET", f"{d.api}/v1/sessions/s1")
+        assert status["termination_reason"] == "billing"
+        assert _ms(status["terminated_at"]) == expected
+        status_code, body = await _call(
+            http, "POST", f"{d.api}/v1/sessions", {"account_id": "acme"}
+        )
+        assert status_code == 402 and "balance_depleted" in body["message"]
+    assert len(await _commands(redis)) == 2
+
+
+async def test_a_top_up_a_second_before_depletion_moves_it(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        d, created = await _one_session(http, daemons, tmp_path, 2)
+        await _until(redis, created + 1000)
+        assert await _commands(redis) == []
+        account = await _top_up(http, d.api, "acme", 1.5, "inv_2")
+        assert _ms(account["depletes_at"]) == created + 3500
+        cmds = await _when_commands(redis, 1)
+        assert int(cmds[0]["deadline"]) == created + 3500
+        assert int(cmds[0]["emitted_at"]) >= created + 3500
+        assert cmds[0]["credits_used"] == "3.5"
+
+
+async def test_the_same_idempotency_key_credits_once_also_across_racing_replicas(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    replicas = [_metered_daemon(daemons, tmp_path) for _ in range(2)]
+    async with aiohttp.ClientSession() as http:
+        answers = await asyncio.gather(
+            *(_top_up(http, replicas[i % 2].api, "acme", 25, "inv_123") for i in range(20))
+        )
+        assert all(a == answers[0] for a in answers)
+        assert answers[0]["balance"] == 25
+        again = await _top_up(http, replicas[0].api, "acme", 99, "inv_123")
+        assert again == answers[0]
+        await _top_up(http, replicas[1].api, "acme", 0.000001, "inv_124")
+        _, account = await _call(http, "GET", f"{replicas[0].api}/v1/accounts/acme")
+        assert account["balance"] == 25.000001
+        # The key is the account's: another account's same key is its own top-up.
+        other = await _top_up(http, replicas[0].api, "other", 1, "inv_123")
+        assert other["balance"] == 1 and other["account_id"] == "other"
+
+
+async def test_a_top_up_makes_a_depleted_account_ok_but_not_a_failed_payment(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    d = _metered_daemon(daemons, tmp_path)
+    async with aiohttp.ClientSession() as http:
+        await _top_up(http, d.api, "acme", 0.3, "inv_1")
+        await _create(http, d.api, "acme", "s1")
+        await _when_commands(redis, 1)
+        status, body = await _call(http, "POST", f"{d.api}/v1/sessions", {"account_id": "acme"})
+        assert status == 402 and "balance_depleted" in body["message"]
+        account = await _top_up(http, d.api, "acme", 5, "inv_2")
+        assert account["billing_status"] == "ok" and account["balance"] == 5
+        await _create(http, d.api, "acme", "s2")
+        status, _ = await _call(
+            http, "PUT", f"{d.api}/v1/accounts/acme", {"billing_status": "payment_failed"}
+        )
+        assert status == 200
+        account = await _top_up(http, d.api, "acme", 5, "inv_3")
+        assert account["billing_status"] == "payment_failed"
+
+
+async def test_kill_9_before_the_depletion_and_restart_after_it_emits_once_on_time(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        d, created = await _one_session(http, daemons, tmp_path, 1)
+    assert d.proc is not None
+    await _until(redis, created + 700)
+    d.proc.kill()
+    d.proc.wait()
+    await _until(redis, created + 1500)
+    assert await _commands(redis) == []
+    _metered_daemon(daemons, tmp_path)
+    cmds = await _when_commands(redis, 1)
+    assert int(cmds[0]["deadline"]) == created + 1000
+    assert cmds[0]["reason"] == "billing" and cmds[0]["credits_used"] == "1"
+    await asyncio.sleep(0)  # one more pass of the expirer must not repeat it
+    assert len(await _commands(redis)) == 1
+
+
+BAD_AMOUNTS = [
+    (-5, "positive"),
+    (0, "more than 0"),
+    ("25", "a number"),
+    (1.0000001, "6 decimals"),
+    (10**12 + 1, "at most 1000000000000"),
+    (10**30, "at most 1000000000000"),
+    (1e300, "at most 1000000000000"),
+    (True, "a number"),
+    (None, "a number"),
+]
+
+
+async def test_bad_top_ups_are_422_with_a_message_and_change_nothing(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    d = _metered_daemon(daemons, tmp_path)
+    url = f"{d.api}/v1/accounts/acme/credits"
+    async with aiohttp.ClientSession() as http:
+        for amount, message in BAD_AMOUNTS:
+            status, body = await _call(
+                http, "POST", url, {"amount": amount, "idempotency_key": "k"}
+            )
+            assert status == 422, (amount, body)
+            assert body["error"] == "invalid_request" and message in body["message"], amount
+        for bad in [{"amount": 1}, {"amount": 1, "idempotency_key": ""},
+                    {"amount": 1, "idempotency_key": "has space"},
+                    {"amount": 1, "idempotency_key": "k", "extra": 1}]:  # fmt: skip
+            status, body = await _call(http, "POST", url, bad)
+            assert status == 422, (bad, body)
+        # The balance stays below 10^9 credits, where it is exact to the micro-credit.
+        await _top_up(http, d.api, "acme", 999_999_999.999999, "k1")
+        status, body = await _call(http, "POST", url, {"amount": 0.000001, "idempotency_key": "k2"})
+        assert status == 422 and "maximum" in body["message"]
+        _, account = await _call(http, "GET", f"{d.api}/v1/accounts/acme")
+        assert account["balance"] == 999_999_999.999999

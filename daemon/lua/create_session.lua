@@ -10,7 +10,8 @@
     ARGV[15] a field error found by the caller ('' = none), reported as 422 after the
              billing and concurrency checks, as SPEC §2 orders them
   Output:
-    {1, now, field, value, ...}  created; the session record
+    {1, now, wake, field, value, ...}  created; the session record, after the earliest
+                                 time the expirer must look (see create_session)
     {-402, billing status} | {-429, retry-after seconds} | {-422, message} | {-409, ''}
 ]]
 --- @include "common"
@@ -18,4 +19,6 @@
 local now = now_ms()
 local code, value = create_session(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now)
 if code ~= 1 then return {code, value} end
-return view(1, ARGV[10], now)
+local out = view(1, ARGV[10], now)
+table.insert(out, 3, value)
+return out

@@ -9,12 +9,18 @@
   Input: KEYS and ARGV[1..9] as in includes/common.lua, then
     ARGV[10] consumer group
     ARGV[11] batch size (most terminations in one call)
+  Depletions (SPEC §7): an account whose depletion moment has passed is settled to
+  exactly 0, set balance_depleted (from ok) and every live session of it terminates with
+  reason billing, deadline = that moment; due low_balance warnings are sent.
+
   Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
-           terminated for inactivity, lateness of each termination (ms)...}
+           terminated for inactivity, terminated at depletions, depletions,
+           low_balance warnings, micro-credits consumed in the partition in all,
+           lateness of each termination (ms)...}
     held = 1 when a passed inactivity deadline waits for the consumer; the next deadline
     leaves it out
   Commands: terminate (max_lifetime | inactivity, deadline = the deadline that
-  passed), expiring.
+  passed; billing at a depletion), expiring, low_balance.
 ]]
 --- @include "common"
 --- @include "stream"
@@ -90,6 +96,48 @@ end
 if #gone > 0 then redis.call('ZREM', K_DEADLINES, unpack(gone)) end
 flush_batch(batch_done)
 
+-- Depletions: after the sessions' own deadlines, so that a session whose deadline came
+-- first ends for that.
+local by_billing, depletions = 0, 0
+room = batch - done
+if room > 0 then
+  local due = redis.call('ZRANGEBYSCORE', K_DEPLETIONS, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
+  for j = 1, #due, 2 do
+    local account, dep = due[j], tonumber(due[j + 1])
+    redis.call('ZREM', K_DEPLETIONS, account)
+    redis.call('ZREM', K_LOWBAL, account)
+    local bal, at, burn = settle(account, dep)
+    if bal and bal > 0 then
+      reschedule(account, bal, at, burn)  -- a stale moment: not used up yet
+    elseif bal then
+      depletions = depletions + 1
+      local _, billing = account_state(account)
+      if billing == 'ok' then redis.call('HSET', account_key(account), 'billing', 'balance_depleted') end
+      for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
+        if terminate(sid, 'billing', dep, now) then
+          by_billing = by_billing + 1
+          lateness[#lateness + 1] = now - dep
+        end
+      end
+      redis.call('HSET', account_key(account), 'mb', '0')
+      redis.call('ZREM', K_DEPLETIONS, account)
+      redis.call('ZREM', K_LOWBAL, account)
+    end
+  end
+end
+
+local low_warned = 0
+for _, account in ipairs(redis.call('ZRANGEBYSCORE', K_LOWBAL, '-inf', now, 'LIMIT', 0, batch)) do
+  redis.call('ZREM', K_LOWBAL, account)
+  local dep = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
+  if dep and redis.call('HGET', account_key(account), 'mw') ~= '1' then
+    redis.call('HSET', account_key(account), 'mw', '1')
+    emit('type', 'low_balance', 'account_id', account,
+      'balance', credits_text((credit_state(account, now))), 'depletes_at', int_str(dep))
+    low_warned = low_warned + 1
+  end
+end
+
 local warned = 0
 if WARN_MS > 0 then
   for _, sid in ipairs(redis.call('ZRANGEBYSCORE', K_WARN, '-inf', now, 'LIMIT', 0, batch)) do
@@ -134,6 +182,13 @@ if WARN_MS > 0 then
     next_due = tonumber(head[2])
   end
 end
-local out = {done, next_due, now, held, warned, by_inactivity}
+for _, key in ipairs({K_DEPLETIONS, K_LOWBAL}) do
+  head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #head > 0 and (next_due < 0 or tonumber(head[2]) < next_due) then
+    next_due = tonumber(head[2])
+  end
+end
+local out = {done, next_due, now, held, warned, by_inactivity, by_billing, depletions,
+  low_warned, redis.call('GET', K_CONSUMED) or '0'}
 for _, ms in ipairs(lateness) do out[#out + 1] = ms end
 return out

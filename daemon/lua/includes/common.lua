@@ -129,7 +129,7 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
   local h = loaded or redis.call('HMGET', key, 's', 'a', 'c')
   if not h[1] or h[1] == 't' then return false end
   redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason)
-  meter_stop(h[2], sid, deadline)
+  local used = meter_stop(h[2], sid, deadline)
   if batch then
     local of_account = batch[h[2]]
     if not of_account then
@@ -148,7 +148,7 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
     local created = tonumber(h[3])
     emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
       'deadline', deadline, 'emitted_at', now, 'created_at', created,
-      'duration_ms', math.max(0, deadline - created))
+      'duration_ms', math.max(0, deadline - created), 'credits_used', credits_text(used))
   end
   return true
 end
@@ -178,7 +178,8 @@ end
   Admission (SPEC §2, in its order) and creation of a session.
   timeout and inactivity are strings ('' = default); auto_kill '1'/'0';
   deferred_error: a field error found by the caller, reported after billing and limits.
-  Returns 1, deadline | -402, billing status | -429, retry-after seconds
+  Returns 1, the earliest time the expirer must look (the session's deadline, or sooner its
+  account's depletion or low-balance warning) | -402, billing status | -429, retry-after seconds
         | -422, message | -409, ''
 ]]
 local function create_session(sid, account, timeout, inactivity, auto_kill, deferred_error,
@@ -187,9 +188,8 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   if billing ~= 'ok' then return -402, billing end
   local plan = plan_limits(plan_name)
   if plan.credits_per_hour_micro >= 0 then
-    local m = redis.call('HMGET', account_key(account), 'mb', 'mt', 'mr')
-    if m[1] and tonumber(m[1]) - consumed(tonumber(m[3]) or 0, created_at - tonumber(m[2])) <= 0
-    then return -402, 'balance_depleted' end
+    local balance = credit_state(account, created_at)
+    if balance and balance <= 0 then return -402, 'balance_depleted' end
   end
   if plan.max_concurrent >= 0
      and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
@@ -209,9 +209,10 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   redis.call('HSET', key, 'a', account, 'p', plan_name, 's', 'r', 'c', created_at,
     'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
   redis.call('SADD', live_key(account), sid)
-  meter_start(account, sid, created_at)
+  local metering = meter_start(account, sid, created_at)
   timeline_add(sid, 'created', created_at)
-  return 1, schedule(sid, e, created_at, i, auto_kill, nil)
+  local deadline = schedule(sid, e, created_at, i, auto_kill, nil)
+  return 1, math.min(deadline, metering or deadline)
 end
 
 --[[

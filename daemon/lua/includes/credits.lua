@@ -67,18 +67,29 @@ local function settle(account, t)
 end
 
 -- Move an account's depletion (and low-balance warning) to match bal, at and burn.
+-- Returns the earliest of the two times (nil when the account does not burn), for the
+-- caller to wake the expirer. A balance already used up keeps the depletion moment it
+-- had: the one its sessions end with.
 local function reschedule(account, bal, at, burn)
   if burn <= 0 then
     redis.call('ZREM', K_DEPLETIONS, account)
     redis.call('ZREM', K_LOWBAL, account)
     return nil
   end
-  local dep = depletion_time(bal, at, burn)
-  redis.call('ZADD', K_DEPLETIONS, int_str(dep), account)
-  if LOWBAL_MS > 0 and redis.call('HGET', account_key(account), 'mw') ~= '1' then
-    redis.call('ZADD', K_LOWBAL, int_str(dep - LOWBAL_MS), account)
+  local dep
+  if bal <= 0 then
+    local old = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
+    dep = (old and old <= at) and old or at
+  else
+    dep = depletion_time(bal, at, burn)
   end
-  return dep
+  redis.call('ZADD', K_DEPLETIONS, int_str(dep), account)
+  local wake = dep
+  if LOWBAL_MS > 0 and redis.call('HGET', account_key(account), 'mw') ~= '1' then
+    wake = dep - LOWBAL_MS
+    redis.call('ZADD', K_LOWBAL, int_str(wake), account)
+  end
+  return wake
 end
 
 -- Charge (sign 1) or refund (sign -1) the run of a rate between t and the account's last
@@ -91,12 +102,14 @@ local function backdate(account, rate, t, at, bal, sign)
   local key = account_key(account)
   redis.call('HSET', key, 'mb', int_str(bal))
   redis.call('HINCRBY', key, 'mc', int_str(sign * amount))
+  redis.call('INCRBY', K_CONSUMED, int_str(sign * amount))
   redis.call('HINCRBY', key, 'ms', int_str(sign * (at - t)))
   return bal
 end
 
 -- A session starts running at t (create; resume): when its account is metered and its
 -- plan has a rate, the session keeps that rate (a later plan change does not rewrite it).
+-- Returns the time the expirer must next look at the account (nil: none).
 local function meter_start(account, sid, t)
   local plan = plan_limits((account_state(account)))
   local skey = session_key(sid)
@@ -109,7 +122,7 @@ local function meter_start(account, sid, t)
   redis.call('HINCRBY', account_key(account), 'mn', 1)
   burn = burn + rate
   redis.call('HSET', account_key(account), 'mr', int_str(burn))
-  reschedule(account, bal, at, burn)
+  return reschedule(account, bal, at, burn)
 end
 
 -- A session stops running at t (every termination; pause). Returns the micro-credits it
@@ -131,4 +144,86 @@ local function meter_stop(account, sid, t)
   redis.call('HSET', account_key(account), 'mr', int_str(burn))
   reschedule(account, bal, at, burn)
   return used
+end
+
+-- Micro-credits as a decimal number of credits: 12500000 -> "12.5".
+local function credits_text(micro)
+  local whole = math.floor(micro / 1000000)
+  local frac = micro - whole * 1000000
+  if frac == 0 then return int_str(whole) end
+  return int_str(whole) .. '.' .. (string.gsub(string.format('%06d', frac), '0+$', ''))
+end
+
+-- An account's credits projected to now, without writing: balance, burn, metered
+-- session-milliseconds and micro-credits consumed in all; nil without a balance.
+local function credit_state(account, now)
+  local v = redis.call('HMGET', account_key(account), 'mb', 'mt', 'mr', 'mn', 'ms', 'mc')
+  if not v[1] then return nil end
+  local bal, burn, n = tonumber(v[1]), tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  local dt = math.max(0, now - tonumber(v[2]))
+  local used = math.min(bal, consumed(burn, dt))
+  return bal - used, burn, (tonumber(v[5]) or 0) + n * dt, (tonumber(v[6]) or 0) + used
+end
+
+-- The account as the API shows it, every value a string (it is also stored as a
+-- top-up's answer, as JSON):
+-- {plan, billing status, live sessions, metered '1'/'0', balance (micro-credits; ''
+--  before the first top-up), burn (micro-credits per hour), depletes_at (ms; '' when
+--  not burning), metered session-milliseconds, micro-credits consumed}
+local function account_reply(account, now)
+  local plan, billing = account_state(account)
+  local live = tostring(redis.call('SCARD', live_key(account)))
+  local bal, burn, ms, mc = credit_state(account, now)
+  if not bal then return {plan, billing, live, '0', '', '0', '', '0', '0'} end
+  local metered = plan_limits(plan).credits_per_hour_micro >= 0 and '1' or '0'
+  local dep = redis.call('ZSCORE', K_DEPLETIONS, account)
+  if dep then dep = int_str(tonumber(dep)) else dep = '' end
+  return {plan, billing, live, metered, int_str(bal), int_str(burn), dep, int_str(ms),
+    int_str(mc)}
+end
+
+-- Top-ups: the answer to an idempotency key is kept this long (SPEC §7: 7 days), and a
+-- balance stays at most MAX_BALANCE micro-credits (10^9 credits: exact in doubles, and
+-- as a JSON number, to the micro-credit).
+local TOPUP_KEY_TTL_MS = 7 * 86400000
+local MAX_BALANCE = 1e15 - 1
+
+--[[
+  Credit ``amount`` micro-credits (> 0) to the account at now, once per idempotency key.
+  The first top-up makes the account's balance (and so a metered plan meters it: its
+  live sessions start consuming now). A balance_depleted account left positive is ok
+  again; a low_balance warning re-arms when the depletion moves out of its window.
+  Returns account_reply (the first answer again for a key already used), or nil and a
+  message when the balance would go over MAX_BALANCE.
+]]
+local function top_up(account, amount, idem, now)
+  local ikey = BASE .. 'topup:' .. account .. '/' .. idem
+  local prev = redis.call('GET', ikey)
+  if prev then return cjson.decode(prev) end
+  local akey = account_key(account)
+  local bal, at, burn = settle(account, now)
+  local first = not bal
+  if first then bal, at, burn = 0, now, 0 end
+  if bal + amount > MAX_BALANCE then
+    return nil, 'the balance would be over the maximum of ' .. credits_text(MAX_BALANCE)
+      .. ' credits'
+  end
+  bal = bal + amount
+  redis.call('HSET', akey, 'mb', int_str(bal), 'mt', int_str(at))
+  local _, billing = account_state(account)
+  if billing == 'balance_depleted' then redis.call('HSET', akey, 'billing', 'ok') end
+  if first then
+    for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
+      if redis.call('HEXISTS', session_key(sid), 'ma') == 0 then meter_start(account, sid, now) end
+    end
+    bal, at, burn = settle(account, now)
+  end
+  if redis.call('HGET', akey, 'mw') == '1'
+     and (burn <= 0 or depletion_time(bal, at, burn) - now > LOWBAL_MS) then
+    redis.call('HDEL', akey, 'mw')
+  end
+  reschedule(account, bal, at, burn)
+  local reply = account_reply(account, now)
+  redis.call('SET', ikey, cjson.encode(reply), 'PX', TOPUP_KEY_TTL_MS, 'NX')
+  return reply
 end
