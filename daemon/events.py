@@ -15,11 +15,15 @@ from daemon.model import (
     BILLING_STATUSES,
     COMMAND_REASONS,
     ID_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
     MAX_INACTIVITY_SECONDS,
     SOURCE_PATTERN,
+    top_up_micro,
 )
 
-EVENT_TYPES = ("created", "activity", "keepalive", "terminate", "terminated", "billing")
+EVENT_TYPES = (
+    "created", "activity", "keepalive", "terminate", "terminated", "billing", "credits"
+)  # fmt: skip
 
 _OPS = {
     "created": "C",
@@ -28,6 +32,7 @@ _OPS = {
     "terminate": "T",
     "terminated": "X",
     "billing": "B",
+    "credits": "M",
 }
 _REQUIRED = {
     "created": ("session_id", "account_id"),
@@ -36,6 +41,7 @@ _REQUIRED = {
     "terminate": ("session_id", "account_id"),
     "terminated": ("session_id", "account_id"),
     "billing": ("account_id", "billing_status"),
+    "credits": ("account_id", "amount", "idempotency_key"),
 }
 _DIGITS = re.compile(r"[0-9]{1,64}")
 _BOOLS = {"true": "1", "1": "1", "false": "0", "0": "0"}
@@ -120,6 +126,17 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
         )
         plan = _choice(fields, "plan", plans, "a known plan") if "plan" in fields else ""
         return kind, [account, status, plan]
+    if kind == "credits":
+        try:
+            amount = top_up_micro(fields["amount"])
+        except ValueError as exc:
+            raise InvalidEvent(f"field {exc}, got {fields['amount'][:40]!r}") from None
+        key = fields["idempotency_key"]
+        if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+            raise InvalidEvent(
+                "field idempotency_key must be 1-255 printable ASCII characters without spaces"
+            )
+        return kind, [account, str(amount), key]
     session = _id(fields, "session_id")
     if kind == "created":
         timeout = ""

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from daemon import errors
+from daemon.publisher import EventPublisher
 from daemon.scripts import script_source
 from daemon.settings import Settings
 from daemon.store import Store
@@ -345,3 +346,35 @@ async def test_bad_top_ups_are_422_with_a_message_and_change_nothing(
         assert status == 422 and "maximum" in body["message"]
         _, account = await _call(http, "GET", f"{d.api}/v1/accounts/acme")
         assert account["balance"] == 999_999_999.999999
+
+
+async def test_credits_events_top_up_once_per_key_and_bad_ones_are_dead_lettered(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    d = _metered_daemon(daemons, tmp_path)
+    async with EventPublisher(redis) as publisher:
+        await publisher.credits("acme", 12.5, "inv_1")
+        await publisher.credits("acme", "12.5", "inv_1")  # the same key: credited once
+        await publisher.credits("acme", Decimal("0.000001"), "inv_2")
+    events = "lifecycle:{0}:events"
+    for amount in ["-1", "0", "ten", "1.0000001", "1000000000001"]:
+        await redis.xadd(events, {"type": "credits", "account_id": "acme", "amount": amount,
+                                  "idempotency_key": "bad"})  # fmt: skip
+    await redis.xadd(events, {"type": "credits", "account_id": "acme", "amount": "1"})
+    await redis.xadd(events, {"type": "credits", "account_id": "acme", "amount": "999999999",
+                              "idempotency_key": "over"})  # fmt: skip
+
+    async def dead() -> list[dict[str, str]] | None:
+        entries = await redis.xrange("lifecycle:{0}:dead")
+        out = [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
+        return out if len(out) >= 7 else None
+
+    letters = await eventually(dead, what="7 dead letters")
+    assert [e["amount"] for e in letters if "amount" in e][:5] == [
+        "-1", "0", "ten", "1.0000001", "1000000000001"
+    ]  # fmt: skip
+    assert all("amount" in e["error"] or "idempotency_key" in e["error"] for e in letters)
+    assert "maximum" in letters[-1]["error"]
+    async with aiohttp.ClientSession() as http:
+        _, account = await _call(http, "GET", f"{d.api}/v1/accounts/acme")
+    assert account["balance"] == 12.500001
