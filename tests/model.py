@@ -265,6 +265,7 @@ class PartitionModel:
                     "emitted_at": str(now),
                     "created_at": str(session.created_at),
                     "duration_ms": str(max(0, deadline - session.created_at)),
+                    "credits_used": "0",
                 }
             )
         return True
