@@ -176,12 +176,14 @@ async def _when_commands(redis: Any, n: int, kind: str = "terminate", timeout: f
     return await eventually(enough, timeout=timeout, what=f"{n} {kind} commands")
 
 
+async def _server_ms(redis: Any) -> int:
+    sec, usec = await redis.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
 async def _until(redis: Any, ms: int) -> None:
     """Wait until the server clock reads ``ms``."""
-    while True:
-        sec, usec = await redis.time()
-        if int(sec) * 1000 + int(usec) // 1000 >= ms:
-            return
+    while await _server_ms(redis) < ms:
         await asyncio.sleep(0.02)
 
 
@@ -378,3 +380,25 @@ async def test_credits_events_top_up_once_per_key_and_bad_ones_are_dead_lettered
     async with aiohttp.ClientSession() as http:
         _, account = await _call(http, "GET", f"{d.api}/v1/accounts/acme")
     assert account["balance"] == 12.500001
+
+
+async def test_low_balance_is_sent_once_per_crossing_and_rearmed_by_a_top_up(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    d = _metered_daemon(daemons, tmp_path, low_balance_warn_seconds=1)
+    async with aiohttp.ClientSession() as http:
+        await _top_up(http, d.api, "acme", 2, "inv_1")
+        created = _ms((await _create(http, d.api, "acme", "s1"))["created_at"])
+        [warning] = await _when_commands(redis, 1, "low_balance")
+        assert int(warning["depletes_at"]) == created + 2000
+        assert Decimal(warning["balance"]) <= 1 and warning["account_id"] == "acme"
+        assert int(warning["depletes_at"]) - 1000 <= await _server_ms(redis)
+        # Out of the window again: re-armed, sent again when it comes within it.
+        await _top_up(http, d.api, "acme", 1, "inv_2")
+        warnings = await _when_commands(redis, 2, "low_balance")
+        assert int(warnings[1]["depletes_at"]) == created + 3000
+        # A top-up that leaves the depletion within the window does not re-arm it.
+        await _top_up(http, d.api, "acme", 0.001, "inv_3")
+        [cmd] = await _when_commands(redis, 1)
+        assert int(cmd["deadline"]) == created + 3001
+    assert len(await _commands(redis, "low_balance")) == 2
