@@ -13,11 +13,13 @@ import aiohttp
 import pytest
 
 from daemon import errors
+from daemon.client import InvalidRequest, LifecycleClient
 from daemon.publisher import EventPublisher
 from daemon.scripts import script_source
 from daemon.settings import Settings
 from daemon.store import Store
 from tests.servers import Daemon, eventually
+from tests.test_cli import cli
 
 COMMON = script_source("includes/common")
 
@@ -402,3 +404,30 @@ async def test_low_balance_is_sent_once_per_crossing_and_rearmed_by_a_top_up(
         [cmd] = await _when_commands(redis, 1)
         assert int(cmd["deadline"]) == created + 3001
     assert len(await _commands(redis, "low_balance")) == 2
+
+
+async def test_sdk_and_cli_top_up_and_show_the_credits(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    d = _metered_daemon(daemons, tmp_path)
+    async with LifecycleClient(d.api) as client:
+        account = await client.top_up("acme", Decimal("2.5"), idempotency_key="inv_1")
+        assert account.metered and account.balance == 2.5 and account.usage.credits == 0
+        again = await client.top_up("acme", 7, idempotency_key="inv_1")
+        assert again.balance == 2.5
+        async with client.session("acme") as handle:
+            status = await handle.status()
+            account = await client.account("acme")
+            assert account.burn_per_hour == 3600 and account.depletes_at is not None
+        assert (await client.status(handle.session_id)).credits_used > 0
+        with pytest.raises(InvalidRequest, match="more than 0"):
+            await client.top_up("acme", 0, idempotency_key="inv_2")
+    assert status.credits_used >= 0
+    env = {"LIFECYCLE_API_URL": d.api}
+    result = await cli("credits", "acme", "1.25", "--idempotency-key", "inv_3", "--json", env=env)
+    assert result.code == 0, result.err
+    assert 3 < result.json()["balance"] < 3.75
+    result = await cli("credits", "acme", "0.5", env=env)
+    assert result.code == 0 and "balance" in result.out and "credits" in result.out
+    result = await cli("credits", "acme", "-1", env=env)
+    assert result.code != 0 and "Traceback" not in result.err
