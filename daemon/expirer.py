@@ -16,7 +16,6 @@ import structlog
 
 from daemon.keys import PartitionKeys
 from daemon.metrics import Metrics
-from daemon.model import MICRO
 from daemon.shield import shielded
 from daemon.store import ExpireResult, Store
 
@@ -37,7 +36,6 @@ class PartitionExpirer:
         self._wake_at_ms: int | None = None  # server time of the planned next pass
         self._held = False  # the last pass found a deadline waiting for the consumer
         self._applied_in_pass = False  # a batch was applied while a pass ran
-        self._consumed_seen: int | None = None  # the partition's consumption total, last pass
 
     def nudge(self, deadline_ms: int | None) -> None:
         """A deadline was written here; wake early if it is nearer than the plan."""
@@ -64,18 +62,14 @@ class PartitionExpirer:
             m.depletions.inc(result.depletions)
             log.info("credits_depleted", partition=self.pk.partition, accounts=result.depletions,
                      sessions_terminated=result.by_billing)  # fmt: skip
-        # Consumption is counted by the replica that expires the partition, from the total
-        # the partition keeps, starting at what it was when this expirer first saw it.
-        if self._consumed_seen is not None and result.consumed_micro > self._consumed_seen:
-            m.credits_consumed.inc((result.consumed_micro - self._consumed_seen) / MICRO)
-        self._consumed_seen = result.consumed_micro
+        # Depletions are deadlines like any other: their lateness counts as well.
+        for ms in result.lateness_ms:
+            m.expiry_lateness.observe(ms / 1000)
         if result.terminated:
             m.terminations.labels(reason="inactivity").inc(result.by_inactivity)
             m.terminations.labels(reason="max_lifetime").inc(
                 result.terminated - result.by_inactivity
             )
-            for ms in result.lateness_ms:
-                m.expiry_lateness.observe(ms / 1000)
             log.debug("sessions_expired", partition=self.pk.partition,
                       count=result.terminated, max_lateness_ms=max(result.lateness_ms))  # fmt: skip
         return result

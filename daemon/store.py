@@ -124,7 +124,6 @@ class ExpireResult:
     by_billing: int  # sessions ended at depletions
     depletions: int
     low_balance_warned: int
-    consumed_micro: int  # by the partition's accounts, in all
     lateness_ms: list[int]
 
 
@@ -545,6 +544,5 @@ class Store:
             by_billing=int(reply[6]),
             depletions=int(reply[7]),
             low_balance_warned=int(reply[8]),
-            consumed_micro=int(reply[9]),
-            lateness_ms=[int(v) for v in reply[10:]],
+            lateness_ms=[int(v) for v in reply[9:]],
         )

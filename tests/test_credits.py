@@ -228,7 +228,7 @@ async def test_two_sessions_share_ten_credit_seconds_and_end_together_at_five_se
         assert account["billing_status"] == "balance_depleted"
         assert account["balance"] == 0 and account["depletes_at"] is None
         assert account["live_sessions"] == 0 and account["usage"]["credits"] == 10
-        assert account["usage"]["session_seconds"] == 10
+        assert account["usage"]["session_seconds"] == (2 * expected - c1 - c2) / 1000
         _, status = await _call(http, "GET", f"{d.api}/v1/sessions/s1")
         assert status["termination_reason"] == "billing"
         assert _ms(status["terminated_at"]) == expected
@@ -236,6 +236,11 @@ async def test_two_sessions_share_ten_credit_seconds_and_end_together_at_five_se
             http, "POST", f"{d.api}/v1/sessions", {"account_id": "acme"}
         )
         assert status_code == 402 and "balance_depleted" in body["message"]
+        async with http.get(f"http://127.0.0.1:{d.metrics_port}/metrics") as resp:
+            metrics = await resp.text()
+    assert "lifecycle_depletions_total 1.0" in metrics
+    assert "lifecycle_credits_consumed_total 10.0" in metrics
+    assert 'lifecycle_terminations_total{reason="billing"} 2.0' in metrics
     assert len(await _commands(redis)) == 2
 
 

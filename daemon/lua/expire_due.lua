@@ -15,8 +15,7 @@
 
   Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
            terminated for inactivity, terminated at depletions, depletions,
-           low_balance warnings, micro-credits consumed in the partition in all,
-           lateness of each termination (ms)...}
+           low_balance warnings, lateness of each termination (ms)...}
     held = 1 when a passed inactivity deadline waits for the consumer; the next deadline
     leaves it out
   Commands: terminate (max_lifetime | inactivity, deadline = the deadline that
@@ -189,6 +188,6 @@ for _, key in ipairs({K_DEPLETIONS, K_LOWBAL}) do
   end
 end
 local out = {done, next_due, now, held, warned, by_inactivity, by_billing, depletions,
-  low_warned, redis.call('GET', K_CONSUMED) or '0'}
+  low_warned}
 for _, ms in ipairs(lateness) do out[#out + 1] = ms end
 return out
