@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ class AccountView:
     depletes_at: int | None = None
     session_ms: int = 0  # metered session time in all
     consumed_micro: int = 0
+    now_ms: int | None = None  # a top-up: the server time it ran at
 
     def account_object(self) -> dict[str, Any]:
         return {
@@ -422,7 +424,8 @@ class Store:
         )
         if int(reply[0]) == -422:
             raise errors.InvalidRequest(f"amount: {_text(reply[1])}.")
-        return self._account_view(account_id, reply[1:])
+        view = self._account_view(account_id, reply[2:])
+        return dataclasses.replace(view, now_ms=int(reply[1]))
 
     # Failed-authentication blocking, shared by all replicas through Redis
 

@@ -15,6 +15,18 @@ place a reviewer may disagree, so they are named here):
   passed ends as ``max_lifetime`` (lifetime deadlines never wait);
 - an activity or keepalive entry that entered the stream after the session's deadline
   came too late: applying it ends the session at that deadline (``ended:<reason>``).
+
+Prepaid credits (SPEC §7) follow DESIGN.md's account: a balance settled at ``at`` with a
+burn (micro-credits per hour of the running metered sessions), settled at every change
+to the time of that change, the depletion moment the first millisecond at which the
+burn has used the balance up. Where SPEC is silent, as the implementation chooses:
+- a session keeps the rate its plan had when it started running metered;
+- a change at a time before the last settle (a lagging entry) charges, or gives back,
+  the rate over the time between;
+- each session's ``credits_used`` is its own rate over its running time, rounded down;
+- the first top-up of an account meters its live sessions from then on;
+- the same idempotency key of an account answers the first answer again, unchanged;
+- at a depletion a billing status other than ``ok`` stays as it is.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
 
 # SPEC §2's plan table: name -> (max_concurrent or None for unlimited, max_duration_seconds).
 SPEC_PLANS: dict[str, tuple[int | None, int]] = {
@@ -30,6 +43,13 @@ SPEC_PLANS: dict[str, tuple[int | None, int]] = {
     "pro": (10, 14400),
     "enterprise": (None, 86400),
 }
+# Plans with credits_per_hour (micro-credits per running hour); every other one is unmetered.
+METERED_PLANS: dict[str, tuple[int | None, int, int]] = {"metered": (None, 3600, 7_500_000)}
+HOUR_MS = 3_600_000
+MICRO = 1_000_000
+MAX_BALANCE = 10**15 - 1  # micro-credits
+_AMOUNT = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?([eE][+-]?[0-9]{1,6})?")
+_KEY = re.compile(r"[!-~]{1,255}")
 BILLING_STATUSES = ("ok", "balance_depleted", "payment_failed", "card_expired")
 COMMAND_REASONS = ("max_lifetime", "inactivity", "requested", "billing")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -53,6 +73,8 @@ class Event:
     ts: int | None = None
     reason: str = "requested"
     billing_status: str = "ok"
+    amount: int = 0  # credits: micro-credits
+    idempotency_key: str = ""
 
 
 _REQUIRED = {
@@ -62,7 +84,30 @@ _REQUIRED = {
     "terminate": ("session_id", "account_id"),
     "terminated": ("session_id", "account_id"),
     "billing": ("account_id", "billing_status"),
+    "credits": ("account_id", "amount", "idempotency_key"),
 }
+
+
+def amount_micro(text: str) -> int | None:
+    """A top-up amount (decimal credits, > 0, at most 6 decimals and 10^12) in micro-credits."""
+    if not _AMOUNT.fullmatch(text):
+        return None
+    with localcontext() as ctx:
+        ctx.prec = 120
+        micro = Decimal(text) * MICRO
+        if micro <= 0 or micro > 10**12 * MICRO or micro != int(micro):
+            return None
+        return int(micro)
+
+
+def consumed(rate: int, ms: int) -> int:
+    """Micro-credits a rate (per hour) uses in ``ms``, rounded down."""
+    return rate * ms // HOUR_MS if rate > 0 and ms > 0 else 0
+
+
+def credits_text(micro: int) -> str:
+    whole, frac = divmod(micro, MICRO)
+    return str(whole) if frac == 0 else f"{whole}.{frac:06d}".rstrip("0")
 
 
 def parse(raw: Mapping[bytes, bytes], plans: Mapping[str, object]) -> Event | None:
@@ -95,6 +140,11 @@ def parse(raw: Mapping[bytes, bytes], plans: Mapping[str, object]) -> Event | No
         return None
     plan = fields.get("plan") if kind in ("created", "billing") else None
     account = fields["account_id"]
+    if kind == "credits":
+        amount = amount_micro(fields["amount"])
+        if amount is None or not _KEY.fullmatch(fields["idempotency_key"]):
+            return None
+        return Event(kind, account, amount=amount, idempotency_key=fields["idempotency_key"])
     if kind == "billing":
         if fields["billing_status"] not in BILLING_STATUSES:
             return None
@@ -136,6 +186,9 @@ class Session:
     auto_kill: bool
     terminated_at: int | None = None
     termination_reason: str | None = None
+    rate: int | None = None  # metered: micro-credits per running hour
+    metered_since: int | None = None  # while running metered
+    credits_used: int = 0  # micro-credits, of runs before metered_since
 
     @property
     def live(self) -> bool:
@@ -159,6 +212,20 @@ class Session:
 class Account:
     plan: str | None = None  # None: never set, the default plan applies
     billing_status: str = "ok"
+    balance: int | None = None  # micro-credits at ``at``; None before the first top-up
+    at: int = 0
+    burn: int = 0  # micro-credits per hour
+    running: int = 0  # metered sessions running
+    session_ms: int = 0
+    consumed: int = 0
+    depletes_at: int | None = None
+    answers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # idempotency key ->
+
+    def credits(self) -> tuple[int | None, int, int, int, int, int, int | None]:
+        """What the scripts store: balance, at, burn, running, session ms, consumed,
+        depletion moment."""
+        return (self.balance, self.at, self.burn, self.running, self.session_ms,
+                self.consumed, self.depletes_at)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -178,11 +245,18 @@ class Expiry:
     next_due_ms: int | None
     held: bool
     lateness_ms: list[int]
+    by_billing: int = 0
+    depletions: int = 0
 
 
 @dataclass(slots=True)
 class PartitionModel:
-    plans: dict[str, tuple[int | None, int]] = field(default_factory=lambda: dict(SPEC_PLANS))
+    plans: dict[str, tuple[int | None, int]] = field(
+        default_factory=lambda: {**SPEC_PLANS, **{n: p[:2] for n, p in METERED_PLANS.items()}}
+    )
+    rates: dict[str, int] = field(
+        default_factory=lambda: {n: p[2] for n, p in METERED_PLANS.items()}
+    )
     default_plan: str = "free"
     max_clock_skew_ms: int = 5000
     billing_hold_terminates: bool = True
@@ -205,10 +279,15 @@ class PartitionModel:
     def live_count(self, account_id: str) -> int:
         return sum(1 for s in self.sessions.values() if s.live and s.account_id == account_id)
 
-    def admission(self, session_id: str, account_id: str, timeout: int | None) -> int:
+    def admission(self, session_id: str, account_id: str, timeout: int | None, at: int = 0) -> int:
         """SPEC §2's checks in their order: 201 or the refusal's status code."""
-        if self.account(account_id).billing_status != "ok":
+        account = self.account(account_id)
+        if account.billing_status != "ok":
             return 402
+        if self.plan_of(account_id) in self.rates and account.balance is not None:
+            dt = max(0, at - account.at)
+            if account.balance - min(account.balance, consumed(account.burn, dt)) <= 0:
+                return 402  # balance_depleted, before the expirer has seen it
         concurrent, duration = self.plans[self.plan_of(account_id)]
         if concurrent is not None and self.live_count(account_id) >= concurrent:
             return 429
@@ -246,11 +325,138 @@ class PartitionModel:
         self.sessions[session_id] = session
         return session
 
+    # Credits (SPEC §7)
+
+    def _settle(self, account: Account, t: int) -> bool:
+        """Bring the balance to ``t``; False for an account without one."""
+        if account.balance is None:
+            return False
+        if t > account.at:
+            used = min(account.balance, consumed(account.burn, t - account.at))
+            account.balance -= used
+            account.consumed += used
+            account.session_ms += account.running * (t - account.at)
+            account.at = t
+        return True
+
+    def _reschedule(self, account: Account) -> int | None:
+        if account.burn <= 0:
+            account.depletes_at = None
+        else:
+            assert account.balance is not None
+            if account.balance <= 0:
+                old = account.depletes_at
+                account.depletes_at = old if old is not None and old <= account.at else account.at
+            else:
+                need = -(-account.balance * HOUR_MS // account.burn)
+                account.depletes_at = account.at + need
+        return account.depletes_at
+
+    def _backdate(self, account: Account, rate: int, t: int, sign: int) -> None:
+        """A start (1) or stop (-1) at ``t`` before the last settle charges or gives back."""
+        if t >= account.at:
+            return
+        assert account.balance is not None
+        amount = consumed(rate, account.at - t)
+        if sign > 0:
+            amount = min(amount, account.balance)
+        account.balance -= sign * amount
+        account.consumed += sign * amount
+        account.session_ms += sign * (account.at - t)
+
+    def _meter_start(self, session: Session, t: int) -> int | None:
+        account = self.account(session.account_id)
+        rate = session.rate
+        if rate is None:
+            rate = self.rates.get(self.plan_of(session.account_id))
+        if rate is None or not self._settle(account, t):
+            return None
+        self._backdate(account, rate, t, 1)
+        session.rate, session.metered_since = rate, t
+        account.running += 1
+        account.burn += rate
+        return self._reschedule(account)
+
+    def _meter_stop(self, session: Session, t: int) -> int:
+        if session.rate is None or session.metered_since is None:
+            return session.credits_used
+        session.credits_used += consumed(session.rate, max(0, t - session.metered_since))
+        session.metered_since = None
+        account = self.account(session.account_id)
+        if self._settle(account, t):
+            self._backdate(account, session.rate, t, -1)
+            account.running -= 1
+            account.burn = max(0, account.burn - session.rate)
+            self._reschedule(account)
+        return session.credits_used
+
+    def _answer(self, account_id: str, now: int) -> tuple[str, ...]:
+        """The top-up's answer: the account's credits projected to ``now``."""
+        account = self.account(account_id)
+        assert account.balance is not None
+        dt = max(0, now - account.at)
+        used = min(account.balance, consumed(account.burn, dt))
+        dep = "" if account.depletes_at is None else str(account.depletes_at)
+        metered = "1" if self.plan_of(account_id) in self.rates else "0"
+        ms = account.session_ms + account.running * dt
+        return (metered, str(account.balance - used), str(account.burn), dep, str(ms),
+                str(account.consumed + used))  # fmt: skip
+
+    def top_up(self, account_id: str, amount: int, key: str, now: int) -> tuple[str, ...] | None:
+        """The first answer of ``key``; None when the balance would go over its maximum."""
+        account = self.account(account_id)
+        if key in account.answers:
+            return account.answers[key]
+        first = not self._settle(account, now)
+        balance = 0 if first else account.balance
+        assert balance is not None
+        if balance + amount > MAX_BALANCE:
+            return None
+        if first:
+            account.at = now
+        account.balance = balance + amount
+        if account.billing_status == "balance_depleted":
+            account.billing_status = "ok"
+        if first:
+            for session in self.sessions.values():
+                if session.live and session.account_id == account_id:
+                    self._meter_start(session, now)
+        self._reschedule(account)
+        account.answers[key] = self._answer(account_id, now)
+        return account.answers[key]
+
+    def deplete(self, now: int) -> tuple[int, int, list[int]]:
+        """Accounts whose depletion moment has passed: (depletions, sessions ended, lateness)."""
+        depletions = ended = 0
+        lateness: list[int] = []
+        due = sorted((a.depletes_at, name) for name, a in self.accounts.items()
+                     if a.depletes_at is not None and a.depletes_at <= now)  # fmt: skip
+        for dep, name in due:
+            account = self.accounts[name]
+            account.depletes_at = None
+            self._settle(account, dep)
+            assert account.balance is not None
+            if account.balance > 0:
+                self._reschedule(account)
+                continue
+            depletions += 1
+            if account.billing_status == "ok":
+                account.billing_status = "balance_depleted"
+            for session in list(self.sessions.values()):
+                if session.account_id == name and self._terminate(session, "billing", dep, now):
+                    ended += 1
+                    lateness.append(now - dep)
+            account.consumed += account.balance
+            account.balance = 0
+            account.depletes_at = None
+        return depletions, ended, lateness
+
     # Termination: the one place a command is written
 
     def _terminate(self, session: Session, reason: str, deadline: int, now: int) -> bool:
         if not session.live:
             return False
+        used = self._meter_stop(session, deadline)
         session.status = "terminated"
         session.terminated_at = deadline
         session.termination_reason = reason
@@ -265,7 +471,7 @@ class PartitionModel:
                     "emitted_at": str(now),
                     "created_at": str(session.created_at),
                     "duration_ms": str(max(0, deadline - session.created_at)),
-                    "credits_used": "0",
+                    "credits_used": credits_text(used),
                 }
             )
         return True
@@ -371,7 +577,7 @@ class PartitionModel:
         if event.type == "created":
             if event.plan is not None and self.account(event.account_id).plan is None:
                 self.account(event.account_id).plan = event.plan
-            code = self.admission(event.session_id, event.account_id, event.timeout_seconds)
+            code = self.admission(event.session_id, event.account_id, event.timeout_seconds, at)
             if code != 201:
                 self.commands.append(
                     {
@@ -390,7 +596,9 @@ class PartitionModel:
                 event.auto_kill,
                 at,
             )
-            return "applied", created.deadline()[0]
+            wake = self._meter_start(created, at)
+            deadline = created.deadline()[0]
+            return "applied", deadline if wake is None else min(deadline, wake)
         if event.type in ("terminate", "terminated"):
             session = self.sessions.get(event.session_id)
             if session is None or session.account_id != event.account_id:
@@ -399,6 +607,12 @@ class PartitionModel:
             if self._terminate(session, reason, at, now):
                 return f"ended:{reason}", None
             return "ignored:terminated", None
+        if event.type == "credits":
+            answer = self.top_up(event.account_id, event.amount, event.idempotency_key, now)
+            if answer is None:
+                self.dead.append(entry.fields)
+                return "dead", None
+            return "applied", int(answer[3]) if answer[3] else None
         ended = self._set_billing(event.account_id, event.billing_status, event.plan, at, now)
         return f"ended:{ended}", None
 
@@ -425,6 +639,8 @@ class PartitionModel:
             terminated += 1
             by_inactivity += reason == "inactivity"
             lateness.append(now - deadline)
+        depletions, by_billing, late = self.deplete(now)
+        lateness += late
         # Next due: each live session's deadline, or its maximum lifetime while its passed
         # inactivity deadline is held (that one waits for the consumer, not the clock).
         candidates: list[int] = []
@@ -437,12 +653,15 @@ class PartitionModel:
                 held = True
                 deadline = session.expires_at
             candidates.append(deadline)
+        candidates += [a.depletes_at for a in self.accounts.values() if a.depletes_at is not None]
         return Expiry(
             terminated=terminated,
             by_inactivity=by_inactivity,
             next_due_ms=min(candidates, default=None),
             held=held,
             lateness_ms=sorted(lateness),
+            by_billing=by_billing,
+            depletions=depletions,
         )
 
     # The API (SPEC §4), at the server time ``now`` of the script call
@@ -456,9 +675,10 @@ class PartitionModel:
         auto_kill: bool,
         now: int,
     ) -> int:
-        code = self.admission(session_id, account_id, timeout)
+        code = self.admission(session_id, account_id, timeout, now)
         if code == 201:
-            self._create(session_id, account_id, timeout, inactivity, auto_kill, now)
+            session = self._create(session_id, account_id, timeout, inactivity, auto_kill, now)
+            self._meter_start(session, now)
         return code
 
     def api_keepalive(self, session_id: str, now: int) -> int:

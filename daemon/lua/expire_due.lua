@@ -118,7 +118,14 @@ if room > 0 then
           lateness[#lateness + 1] = now - dep
         end
       end
-      redis.call('HSET', account_key(account), 'mb', '0')
+      -- Sessions stopped at the moment give back what was charged after it (when the
+      -- account was settled later); that was never charged, the balance having run out.
+      local left = tonumber(redis.call('HGET', account_key(account), 'mb'))
+      if left > 0 then
+        redis.call('HSET', account_key(account), 'mb', '0')
+        redis.call('HINCRBY', account_key(account), 'mc', int_str(left))
+        redis.call('INCRBY', K_CONSUMED, int_str(left))
+      end
       redis.call('ZREM', K_DEPLETIONS, account)
       redis.call('ZREM', K_LOWBAL, account)
     end
