@@ -348,9 +348,15 @@ class PartitionModel:
                 old = account.depletes_at
                 account.depletes_at = old if old is not None and old <= account.at else account.at
             else:
-                need = -(-account.balance * HOUR_MS // account.burn)
-                account.depletes_at = account.at + need
+                account.depletes_at = account.at + self._depletes_after(
+                    account.balance, account.burn
+                )
         return account.depletes_at
+
+    @staticmethod
+    def _depletes_after(balance: int, burn: int) -> int:
+        """The first ms at which ``burn`` has used ``balance`` up: rate·ms/hour >= balance."""
+        return -(-balance * HOUR_MS // burn)
 
     def _backdate(self, account: Account, rate: int, t: int, sign: int) -> None:
         """A start (1) or stop (-1) at ``t`` before the last settle charges or gives back."""
@@ -371,6 +377,13 @@ class PartitionModel:
             rate = self.rates.get(self.plan_of(session.account_id))
         if rate is None or not self._settle(account, t):
             return None
+        assert account.balance is not None
+        if t < account.at and 0 < account.balance <= consumed(rate, account.at - t):
+            # A lagging start with too little left: the balance ran out in the past.
+            left_at_t = account.balance + consumed(account.burn, account.at - t)
+            past = t + self._depletes_after(left_at_t, account.burn + rate)
+            if account.depletes_at is None or past < account.depletes_at:
+                account.depletes_at = past
         self._backdate(account, rate, t, 1)
         session.rate, session.metered_since = rate, t
         account.running += 1

@@ -117,6 +117,14 @@ local function meter_start(account, sid, t)
   if rate < 0 then return end
   local bal, at, burn = settle(account, t)
   if not bal then return end
+  if t < at and bal > 0 and consumed(rate, at - t) >= bal then
+    -- Started before the last settle (a lagging entry), with too little left to pay for
+    -- the run since: the balance ran out in the past, at the moment the burn with this
+    -- session would have used up what was left at t.
+    local past = depletion_time(bal + consumed(burn, at - t), t, burn + rate)
+    local old = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
+    if not old or past < old then redis.call('ZADD', K_DEPLETIONS, int_str(past), account) end
+  end
   bal = backdate(account, rate, t, at, bal, 1)
   redis.call('HSET', skey, 'mr', int_str(rate), 'ma', int_str(t))
   redis.call('HINCRBY', account_key(account), 'mn', 1)
