@@ -415,9 +415,11 @@ class Chaos:
             v.append(f"{account}: credited {credited}, confirmed {low}, sent at most {high}")
         cmds = [c for sid, cs in commands.items() if self.accounts.get(sid) == account for c in cs]
         used = sum(int(Decimal(c["credits_used"]) * 1_000_000) for c in cmds)
-        if used > credited + len(cmds):  # each session's use rounds up by < 1 micro-credit
-            v.append(f"{account}: sessions used {used} micro-credits of {credited} credited")
+        # A depletion moment is the millisecond the balance is used up: each session
+        # ended at it may have used up to 1 ms of its rate (1000 micro-credits) beyond.
         moments = Counter(int(c["deadline"]) for c in cmds if c["reason"] == "billing")
+        if used > credited + 1000 * sum(moments.values()):
+            v.append(f"{account}: sessions used {used} micro-credits of {credited} credited")
         self.report.depletions += len(moments)
         if raw[2] == b"balance_depleted" and balance != 0:
             v.append(f"{account}: balance_depleted with a balance of {balance}")
