@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -436,3 +437,21 @@ async def test_sdk_and_cli_top_up_and_show_the_credits(
     assert result.code == 0 and "balance" in result.out and "credits" in result.out
     result = await cli("credits", "acme", "-1", env=env)
     assert result.code != 0 and "Traceback" not in result.err
+
+
+async def test_only_an_admin_key_tops_up(redis: Any, daemons: Start, tmp_path: Path) -> None:
+    admin, own = "admin-secret", "acme-secret"
+    digests = [hashlib.sha256(k.encode()).hexdigest() for k in (admin, own)]
+    d = _metered_daemon(daemons, tmp_path, api_keys=f"{digests[0]}:admin,{digests[1]}:account:acme")
+    url = f"{d.api}/v1/accounts/acme/credits"
+    body = {"amount": 5, "idempotency_key": "inv_1"}
+    async with aiohttp.ClientSession() as http:
+        for key, want in [(None, 401), (own, 403), (admin, 200)]:
+            headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+            async with http.post(url, json=body, headers=headers) as resp:
+                answer = await resp.json()
+                assert resp.status == want, answer
+        assert answer["balance"] == 5
+        headers = {"Authorization": f"Bearer {own}"}
+        async with http.get(f"{d.api}/v1/accounts/acme", headers=headers) as resp:
+            assert (await resp.json())["balance"] == 5  # the account sees its balance
