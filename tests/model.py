@@ -420,6 +420,8 @@ class PartitionModel:
         account = self.account(account_id)
         if key in account.answers:
             return account.answers[key]
+        if account.depletes_at is not None and account.depletes_at <= now:
+            self._deplete(account_id, account.depletes_at, now)  # it came too late for them
         first = not self._settle(account, now)
         balance = 0 if first else account.balance
         assert balance is not None
@@ -438,6 +440,26 @@ class PartitionModel:
         account.answers[key] = self._answer(account_id, now)
         return account.answers[key]
 
+    def _deplete(self, name: str, dep: int, now: int) -> int | None:
+        """The balance ran out at ``dep``: the sessions ended, or None for a stale moment."""
+        account = self.accounts[name]
+        account.depletes_at = None
+        self._settle(account, dep)
+        assert account.balance is not None
+        if account.balance > 0:
+            self._reschedule(account)
+            return None
+        if account.billing_status == "ok":
+            account.billing_status = "balance_depleted"
+        ended = 0
+        for session in list(self.sessions.values()):
+            if session.account_id == name and self._terminate(session, "billing", dep, now):
+                ended += 1
+        account.consumed += account.balance
+        account.balance = 0
+        account.depletes_at = None
+        return ended
+
     def deplete(self, now: int) -> tuple[int, int, list[int]]:
         """Accounts whose depletion moment has passed: (depletions, sessions ended, lateness)."""
         depletions = ended = 0
@@ -445,23 +467,11 @@ class PartitionModel:
         due = sorted((a.depletes_at, name) for name, a in self.accounts.items()
                      if a.depletes_at is not None and a.depletes_at <= now)  # fmt: skip
         for dep, name in due:
-            account = self.accounts[name]
-            account.depletes_at = None
-            self._settle(account, dep)
-            assert account.balance is not None
-            if account.balance > 0:
-                self._reschedule(account)
-                continue
-            depletions += 1
-            if account.billing_status == "ok":
-                account.billing_status = "balance_depleted"
-            for session in list(self.sessions.values()):
-                if session.account_id == name and self._terminate(session, "billing", dep, now):
-                    ended += 1
-                    lateness.append(now - dep)
-            account.consumed += account.balance
-            account.balance = 0
-            account.depletes_at = None
+            count = self._deplete(name, dep, now)
+            if count is not None:
+                depletions += 1
+                ended += count
+                lateness += [now - dep] * count
         return depletions, ended, lateness
 
     # Termination: the one place a command is written

@@ -670,3 +670,18 @@ def test_a_metered_session_ends_at_the_depletion_and_a_top_up_makes_the_account_
         assert m.model.sessions["b1"].rate == 7_500_000
     finally:
         m.teardown()
+
+
+def test_a_top_up_after_the_depletion_moment_comes_too_late_for_the_sessions(
+    valkey: ValkeyProcess,
+) -> None:
+    m = _scenario(valkey.url, metered="0.000001")
+    try:
+        m.publish([_created(10**9, "b0", "beta")], "consume")
+        m.api_top_up("beta", "25", "k1")  # before the expirer has run
+        m.agrees_with_the_model()
+        assert m.model.sessions["b0"].termination_reason == "billing"
+        assert m.model.account("beta").billing_status == "ok"
+        assert m.model.account("beta").balance == 25_000_000
+    finally:
+        m.teardown()

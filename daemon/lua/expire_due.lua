@@ -102,32 +102,11 @@ room = batch - done
 if room > 0 then
   local due = redis.call('ZRANGEBYSCORE', K_DEPLETIONS, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
   for j = 1, #due, 2 do
-    local account, dep = due[j], tonumber(due[j + 1])
-    redis.call('ZREM', K_DEPLETIONS, account)
-    redis.call('ZREM', K_LOWBAL, account)
-    local bal, at, burn = settle(account, dep)
-    if bal and bal > 0 then
-      reschedule(account, bal, at, burn)  -- a stale moment: not used up yet
-    elseif bal then
+    local ended = deplete(due[j], tonumber(due[j + 1]), now)
+    if ended then
       depletions = depletions + 1
-      local _, billing = account_state(account)
-      if billing == 'ok' then redis.call('HSET', account_key(account), 'billing', 'balance_depleted') end
-      for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
-        if terminate(sid, 'billing', dep, now) then
-          by_billing = by_billing + 1
-          lateness[#lateness + 1] = now - dep
-        end
-      end
-      -- Sessions stopped at the moment give back what was charged after it (when the
-      -- account was settled later); that was never charged, the balance having run out.
-      local left = tonumber(redis.call('HGET', account_key(account), 'mb'))
-      if left > 0 then
-        redis.call('HSET', account_key(account), 'mb', '0')
-        redis.call('HINCRBY', account_key(account), 'mc', int_str(left))
-        redis.call('INCRBY', K_CONSUMED, int_str(left))
-      end
-      redis.call('ZREM', K_DEPLETIONS, account)
-      redis.call('ZREM', K_LOWBAL, account)
+      by_billing = by_billing + ended
+      for _ = 1, ended do lateness[#lateness + 1] = now - tonumber(due[j + 1]) end
     end
   end
 end

@@ -159,6 +159,7 @@ local function flush_batch(batch)
     redis.call('SREM', live_key(account), unpack(sids))
   end
 end
+--- @include "topups"
 
 -- Seconds until the earliest live session of the account ends (at least 1).
 local function retry_after_seconds(account, now)
