@@ -37,8 +37,8 @@ from redis.exceptions import RedisError
 from tests.servers import Daemon, ValkeyProcess, plans_without_rate_limits
 
 PARTITIONS = 4
-METERED = [f"meter{i}" for i in range(3)]  # on plan metered: 1 credit per running second
-ACCOUNTS = [f"acct{i}" for i in range(12)] + METERED
+METERED = tuple(f"meter{i}" for i in range(3))  # on plan metered: 1 credit per running second
+ACCOUNTS = [f"acct{i}" for i in range(12)]
 SETTINGS = {
     "LIFECYCLE_PARTITIONS": str(PARTITIONS),
     "LIFECYCLE_LEASE_TTL_MS": "1500",
@@ -95,6 +95,7 @@ class Report:
 
 class Chaos:
     initial_replicas = 3
+    metered: tuple[str, ...] = METERED  # none while 0.2 replicas run (docs/operations.md)
 
     def __init__(self, workdir: Path, seconds: float, seed: int) -> None:
         self.workdir = workdir
@@ -123,6 +124,7 @@ class Chaos:
             plans_without_rate_limits().read_text()
             + "\n[plans.metered]\nmax_duration_seconds = 86400\ncredits_per_hour = 3600\n"
         )
+        self.all_accounts = ACCOUNTS + list(self.metered)
         self._stop = asyncio.Event()
 
     # Processes
@@ -195,7 +197,7 @@ class Chaos:
                     await self.end(http)
                 elif roll < 0.93:
                     await self.external_end()
-                elif roll < 0.96:
+                elif roll < 0.96 and self.metered:
                     await self.top_up(http)
                 else:
                     await self.malformed()
@@ -204,7 +206,7 @@ class Chaos:
             await http.close()
 
     async def create(self, http: aiohttp.ClientSession, sid: str) -> None:
-        account = self.rng.choice(ACCOUNTS)
+        account = self.rng.choice(self.all_accounts)
         inactivity = self.rng.randint(1, 3)
         timeout = self.rng.randint(2, 6)
         self.accounts[sid] = account
@@ -257,7 +259,7 @@ class Chaos:
 
     async def top_up(self, http: aiohttp.ClientSession) -> None:
         """Credits for a metered account: a new key, or one sent before (same amount)."""
-        account = self.rng.choice(METERED)
+        account = self.rng.choice(self.metered)
         sent = self.credit_sent[account]
         if sent and self.rng.random() < 0.3:
             key = self.rng.choice(sorted(sent))
@@ -277,7 +279,7 @@ class Chaos:
             self.credit_confirmed[account][key] = micro
 
     async def malformed(self) -> None:
-        account = self.rng.choice(ACCOUNTS)
+        account = self.rng.choice(self.all_accounts)
         tag = f"m{len(self.malformed_attempted)}"
         self.malformed_attempted.add(tag)
         fields = {"type": "activity", "account_id": account, "session_id": "-bad id-", "tag": tag}
@@ -314,18 +316,18 @@ class Chaos:
         self.valkey.start()
         self.redis = aioredis.Redis.from_url(self.valkey.url, socket_timeout=5)
         pipe = self.redis.pipeline(transaction=False)
-        for account in ACCOUNTS:
+        for account in self.all_accounts:
             fields = {"type": "billing", "account_id": account, "billing_status": "ok",
-                      "plan": "metered" if account in METERED else "enterprise"}  # fmt: skip
+                      "plan": "metered" if account in self.metered else "enterprise"}  # fmt: skip
             pipe.xadd(events_key(account), fields)
         await pipe.execute()
         for index in range(self.initial_replicas):
             self.start_replica(index)
         for daemon in self.replicas:
             await asyncio.to_thread(_wait_ready, daemon)
-        for account in ACCOUNTS:
+        for account in self.all_accounts:
             key = f"lifecycle:{{{partition(account)}}}:a:{account}"
-            plan = b"metered" if account in METERED else b"enterprise"
+            plan = b"metered" if account in self.metered else b"enterprise"
             while await self.redis.hget(key, "plan") != plan:
                 await asyncio.sleep(0.05)
         tasks = [asyncio.create_task(self.load(worker)) for worker in range(LOAD_WORKERS)]
@@ -395,7 +397,7 @@ class Chaos:
         unknown = set(commands) - set(self.accounts)
         if unknown:
             self.report.violations.append(f"commands for sessions never created: {unknown}")
-        for account in METERED:
+        for account in self.metered:
             await self.check_credits(account, commands)
 
     async def check_credits(self, account: str, commands: dict[str, list[dict[str, str]]]) -> None:
