@@ -397,9 +397,23 @@ class PartitionModel:
         session.metered_since = None
         account = self.account(session.account_id)
         if self._settle(account, t):
-            self._backdate(account, session.rate, t, -1)
+            assert account.balance is not None
+            rest = max(0, account.burn - session.rate)
+            dep = account.depletes_at
+            if t < account.at and account.balance <= 0 and dep is not None and dep <= account.at:
+                # The balance ran out at dep, after t: only the run until dep was charged;
+                # given back at dep, the sessions still running use it from then on.
+                back = consumed(session.rate, max(0, dep - t))
+                again = min(back, consumed(rest, account.at - dep))
+                account.balance = back - again
+                account.consumed += again - back
+                account.session_ms -= account.at - t
+                if account.balance <= 0 and back > 0 and rest > 0:
+                    account.depletes_at = dep + self._depletes_after(back, rest)
+            else:
+                self._backdate(account, session.rate, t, -1)
             account.running -= 1
-            account.burn = max(0, account.burn - session.rate)
+            account.burn = rest
             self._reschedule(account)
         return session.credits_used
 

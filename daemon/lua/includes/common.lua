@@ -35,17 +35,7 @@
   c created_at, e expires_at, l last_activity_at (ms), i inactivity timeout (s),
   k auto_kill "1"/"0", t terminated_at (ms), x termination reason, w the deadline an
   expiring warning was sent for. The maximum lifetime is (e - c) / 1000: not stored.
-  Credits (SPEC §7): mr the rate the session consumes (micro-credits per running hour,
-  the plan's at its start; absent: not metered), ma when it started running metered (ms;
-  absent while not running), mu micro-credits used by earlier runs (and, once
-  terminated, in all).
-
-  Account hash fields: plan, billing; credits: mb balance (micro-credits) at mt, mt the
-  time of the last settle (ms), mr burn (micro-credits per hour: the rates of its
-  running metered sessions), mn running metered sessions, mc micro-credits consumed in
-  all, ms metered session-milliseconds in all, mw '1' once a low_balance warning was
-  sent (cleared by a top-up that moves the depletion out of the warning window). An
-  account is metered once it has mb (its first top-up) and its plan has a rate.
+  Credit fields (m...) of sessions and accounts: see includes/credits.lua.
 ]]
 local K_EVENTS, K_COMMANDS, K_DEAD = KEYS[1], KEYS[2], KEYS[3]
 local K_DEADLINES, K_HELD, K_WARN, K_LEASE = KEYS[4], KEYS[5], KEYS[6], KEYS[7]

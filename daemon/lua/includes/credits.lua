@@ -8,6 +8,19 @@
 
   Every change of burn or balance settles first (settle), then changes, then reschedules
   the depletion (reschedule).
+
+  Session hash fields: mr the rate the session consumes (micro-credits per running hour,
+  the plan's at its start; absent: not metered), ma when it started running metered (ms;
+  absent while not running), mu micro-credits used by earlier runs (and, once
+  terminated, in all).
+
+  Account hash fields: mb balance (micro-credits) at mt, mt the time of the last settle
+  (ms), mr burn (micro-credits per hour: the rates of its running metered sessions), mn
+  running metered sessions, mc micro-credits consumed in all, ms metered
+  session-milliseconds in all, mw '1' once a low_balance warning was sent (cleared by a
+  top-up that moves the depletion out of the warning window). An account is metered
+  once it has mb (its first top-up) and its plan has a rate. mb + mc is every
+  micro-credit ever topped up.
 ]]
 -- Accounts' depletion moments and low-balance warning times: member account id. Sorted
 -- sets of their own, not members of the deadlines set: a session id may contain ':' and
@@ -146,11 +159,29 @@ local function meter_stop(account, sid, t)
   redis.call('HDEL', skey, 'ma')
   local bal, at, burn = settle(account, t)
   if not bal then return used end
-  bal = backdate(account, rate, t, at, bal, -1)
-  redis.call('HINCRBY', account_key(account), 'mn', -1)
-  burn = math.max(0, burn - rate)
-  redis.call('HSET', account_key(account), 'mr', int_str(burn))
-  reschedule(account, bal, at, burn)
+  local key = account_key(account)
+  local rest = math.max(0, burn - rate)
+  local dep = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
+  if t < at and bal <= 0 and dep and dep <= at then
+    -- Stopped before the last settle, the balance having run out at dep in between: of
+    -- the run since t only the part before dep was charged. Given back at dep, it is used
+    -- by the sessions still running from then on, and they run out when it is gone.
+    local back = consumed(rate, math.max(0, dep - t))
+    local again = math.min(back, consumed(rest, at - dep))
+    bal = back - again
+    redis.call('HSET', key, 'mb', int_str(bal))
+    redis.call('HINCRBY', key, 'mc', int_str(again - back))
+    redis.call('INCRBY', K_CONSUMED, int_str(again - back))
+    redis.call('HINCRBY', key, 'ms', int_str(t - at))
+    if bal <= 0 and back > 0 and rest > 0 then
+      redis.call('ZADD', K_DEPLETIONS, int_str(depletion_time(back, dep, rest)), account)
+    end
+  else
+    bal = backdate(account, rate, t, at, bal, -1)
+  end
+  redis.call('HINCRBY', key, 'mn', -1)
+  redis.call('HSET', key, 'mr', int_str(rest))
+  reschedule(account, bal, at, rest)
   return used
 end
 
