@@ -662,6 +662,10 @@ class PartitionModel:
         idle_limit = now if first is None else min(now, first - 1)
         terminated = by_inactivity = 0
         lateness: list[int] = []
+        # Depletion moments passed as the call starts: a metered session whose balance ran
+        # out at or before its own deadline ends at the depletion instead.
+        passed = {name: a.depletes_at for name, a in self.accounts.items()
+                  if a.depletes_at is not None and a.depletes_at <= now}  # fmt: skip
         for session in list(self.sessions.values()):
             if not session.live:
                 continue
@@ -672,6 +676,9 @@ class PartitionModel:
                 deadline, reason = session.expires_at, "max_lifetime"
             else:
                 continue
+            dep = passed.get(session.account_id)
+            if session.metered_since is not None and dep is not None and dep <= deadline:
+                continue  # its balance ran out first: it ends at the depletion
             self._terminate(session, reason, deadline, now)
             terminated += 1
             by_inactivity += reason == "inactivity"

@@ -37,18 +37,27 @@ local gone = {}  -- members to take out of the deadlines set, once for the whole
 -- A live session's record ({s, a, c, ...}, as terminate reads it), its deadline and the
 -- reason it ends with; nil for a session unknown or terminated.
 local function live(sid)
-  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k')
+  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k', 'ma')
   if not h[1] or h[1] == 't' then return nil end
   local deadline, reason = deadline_of(tonumber(h[4]), tonumber(h[5]), tonumber(h[6]), h[7])
   return h, deadline, reason
 end
 
+-- Depletion moments already passed, as the pass starts (account -> ms).
+local passed = {}
+local due_now = redis.call('ZRANGEBYSCORE', K_DEPLETIONS, '-inf', now, 'WITHSCORES')
+for j = 1, #due_now, 2 do passed[due_now[j]] = tonumber(due_now[j + 1]) end
+
+-- Terminate a due session; false (nothing done) for a metered one whose account's
+-- balance ran out at or before its deadline: it ends at that depletion (below).
 local function expire(sid, reason, deadline, h)
+  if h[8] and passed[h[2]] and passed[h[2]] <= deadline then return false end
   if terminate(sid, reason, deadline, now, h, batch_done) then
     done = done + 1
     if reason == 'inactivity' then by_inactivity = by_inactivity + 1 end
     lateness[#lateness + 1] = now - deadline
   end
+  return true
 end
 
 -- A session whose inactivity deadline has passed but is held (lag-safe rule) stays in
@@ -57,14 +66,19 @@ end
 -- with fire first. An entry whose record moved on (activity applied, limits changed,
 -- session ended) is dropped: the deadlines set holds that session's current deadline.
 local held_due = redis.call('ZRANGEBYSCORE', K_HELD, '-inf', idle_limit, 'LIMIT', 0, batch)
+local still_held = {}
 for _, sid in ipairs(held_due) do
   local h, deadline, reason = live(sid)
   if h and deadline <= idle_limit then
-    expire(sid, reason, deadline, h)
-    gone[#gone + 1] = sid
+    if expire(sid, reason, deadline, h) then
+      gone[#gone + 1] = sid
+    else
+      still_held[#still_held + 1] = {deadline, sid}
+    end
   end
 end
 if #held_due > 0 then redis.call('ZREM', K_HELD, unpack(held_due)) end
+for _, entry in ipairs(still_held) do redis.call('ZADD', K_HELD, entry[1], entry[2]) end
 
 local room = batch - #held_due
 if room > 0 then
@@ -77,15 +91,13 @@ if room > 0 then
       local e = tonumber(h[4])
       if reason == 'inactivity' and deadline > idle_limit then
         if e <= now then
-          expire(sid, 'max_lifetime', e, h)
-          gone[#gone + 1] = sid
+          if expire(sid, 'max_lifetime', e, h) then gone[#gone + 1] = sid end
         else
           redis.call('ZADD', K_HELD, deadline, sid)
           redis.call('ZADD', K_DEADLINES, e, sid)
         end
       elseif deadline <= now then
-        expire(sid, reason, deadline, h)
-        gone[#gone + 1] = sid
+        if expire(sid, reason, deadline, h) then gone[#gone + 1] = sid end
       else
         redis.call('ZADD', K_DEADLINES, deadline, sid)  -- a stale score: repair it
       end
