@@ -685,3 +685,42 @@ def test_a_top_up_after_the_depletion_moment_comes_too_late_for_the_sessions(
         assert m.model.account("beta").balance == 25_000_000
     finally:
         m.teardown()
+
+
+def test_a_lagging_create_whose_run_the_balance_cannot_pay_ends_when_it_ran_out(
+    valkey: ValkeyProcess,
+) -> None:
+    """Applied an hour late, a create of 0.01 credits' account (4.8 s at 7.5 per hour): the
+    depletion moment lies in the past, before the session's own inactivity deadline, and
+    the session ends at it."""
+    m = _scenario(valkey.url, metered="0.01")
+    try:
+        m.publish([_created(0, "b0", "beta")], "consume")
+        m.agrees_with_the_model()
+        b0 = m.model.sessions["b0"]
+        assert m.model.account("beta").depletes_at == b0.created_at + 4800
+        m.expire()
+        m.agrees_with_the_model()
+        assert (b0.termination_reason, b0.terminated_at) == ("billing", b0.created_at + 4800)
+        assert b0.credits_used == 10_000
+    finally:
+        m.teardown()
+
+
+def test_a_lagging_stop_before_the_balance_ran_out_gives_back_the_rest(
+    valkey: ValkeyProcess,
+) -> None:
+    m = _scenario(valkey.url, metered="0.01")
+    try:
+        m.publish([_created(0, "b0", "beta"),
+                   Pub(1000, _fields(type="terminate", session_id="b0", account_id="beta"))],
+                  "consume")  # fmt: skip
+        m.agrees_with_the_model()
+        b0 = m.model.sessions["b0"]
+        assert (b0.termination_reason, b0.terminated_at) == ("requested", b0.created_at + 1000)
+        account = m.model.account("beta")
+        # What it used, to the micro-credit (the charge and the refund each round down).
+        assert account.balance is not None and account.depletes_at is None
+        assert 0 <= 10_000 - b0.credits_used - account.balance <= 1
+    finally:
+        m.teardown()
