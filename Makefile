@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest chaos bench clean
+.PHONY: install run test lint typecheck security pytest browser chaos bench clean tls-server
 
 install: $(STAMP)
 
@@ -24,10 +24,33 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# What ships (daemon/): no findings, or a `# nosec <test>` with its reason on the line.
+security: $(STAMP)
+	$(BIN)/bandit -q -r daemon
+
+pytest: $(STAMP) tls-server
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# tests/test_tls.py needs a Redis built with TLS, which the bundled valkey-server is not:
+# Debian's redis-tools (its redis-check-rdb is redis-server under another name), with apt
+# as root. Otherwise that test fails with one line saying so.
+APT_REDIS = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-tools
+tls-server:
+	@command -v redis-check-rdb >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { $(APT_REDIS) || { apt-get update -q && $(APT_REDIS); }; } >/dev/null 2>&1; } || \
+	  echo "tls-server: cannot install Debian's redis-tools (needs root and apt-get)"
+
+# The console's browser test (tests/test_console_browser.py) drives Debian's Chromium and
+# chromedriver, with apt as root. Otherwise that test fails with one line saying so.
+APT_BROWSER = DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+browser:
+	@{ [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/chromium ]; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { $(APT_BROWSER) || { apt-get update -q && $(APT_BROWSER); }; } >/dev/null 2>&1; } || \
+	  echo "browser: cannot install Debian's chromium and chromium-driver (needs root and apt-get)"
+
+test: lint typecheck security browser pytest
 
 # A longer chaos run than the one inside `make test`: make chaos SECONDS=600
 SECONDS ?= 300

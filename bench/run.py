@@ -57,6 +57,7 @@ class Sizes:
     burst: int  # sessions falling due together
     burst_timeout: int  # their max lifetime (s): time enough to publish and apply them
     peer_grace: float  # how long the peer's notifications are waited for (s)
+    console_requests: int  # requests of each console page, at the large size
 
 
 FULL = Sizes(
@@ -64,14 +65,14 @@ FULL = Sizes(
     http_creates=5_000, http_keepalives=10_000, http_concurrency=32,
     small=10_000, large=1_000_000, accounts=1_000,
     probe_seconds=20.0, probe_rate=500, probe_timeout=5,
-    burst=100_000, burst_timeout=40, peer_grace=30.0,
+    burst=100_000, burst_timeout=40, peer_grace=30.0, console_requests=100,
 )  # fmt: skip
 QUICK = Sizes(
     events_sessions=1_000, events_total=20_000, producers=4,
     http_creates=300, http_keepalives=600, http_concurrency=16,
     small=1_000, large=10_000, accounts=100,
     probe_seconds=2.0, probe_rate=200, probe_timeout=2,
-    burst=5_000, burst_timeout=4, peer_grace=8.0,
+    burst=5_000, burst_timeout=4, peer_grace=8.0, console_requests=10,
 )  # fmt: skip
 
 
@@ -420,6 +421,7 @@ class Bench:
                 "flat", "VmRSS of the one daemon process",
             )  # fmt: skip
 
+            await self.console_pages(daemon, s.large)
             lateness = await self.probes(redis, accounts)
             self.report.add(
                 f"expiry lateness, {s.large:,} live", ms_summary(lateness),
@@ -433,6 +435,44 @@ class Bench:
                 daemon.stop()
             await redis.aclose()
             valkey.stop()
+
+    async def console_pages(self, daemon: Daemon, live: int) -> None:
+        """Latency of the operator console's main pages with ``live`` sessions, one at a
+        time (the console is open: the bench's daemons have no API keys)."""
+        pages = {
+            "overview": "/ui/",
+            "sessions": "/ui/sessions",
+            f"sessions at rank {live // 2:,}": f"/ui/sessions?offset={live // 2}",
+            "a session": "/ui/sessions/bg0",
+            "an account": "/ui/accounts/acct0",
+            "accounts": "/ui/accounts",
+            "dead letters": "/ui/dead-letters",
+        }
+        jar = aiohttp.CookieJar(unsafe=True)  # the login cookie of 127.0.0.1
+        every: list[float] = []
+        worst: list[tuple[float, str]] = []
+        async with aiohttp.ClientSession(daemon.api, cookie_jar=jar) as http:
+            for name, path in pages.items():
+                latencies = []
+                async with http.get(path) as resp:  # compiles the page's template
+                    await resp.read()
+                for _ in range(self.sizes.console_requests):
+                    t0 = time.perf_counter()
+                    async with http.get(path) as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            raise RuntimeError(f"console page {path} answered {resp.status}")
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                every += latencies
+                worst.append((pct(latencies, 0.99), name))
+        slowest = ", ".join(f"{name} {p99:.1f} ms" for p99, name in sorted(worst, reverse=True))
+        self.report.add(
+            f"console page latency, {live:,} live",
+            f"p50 {pct(every, 0.5):.1f} ms, p99 {pct(every, 0.99):.1f} ms", "< 100 ms",
+            f"{len(pages)} pages × {self.sizes.console_requests} after one each, one at a time; "
+            "p99 by page: "
+            + slowest,
+        )  # fmt: skip
 
     async def wait_applied(self, redis: Any) -> None:
         """Until the consumer group has applied every entry of partition 0's stream."""

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -22,8 +22,9 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import dead_letters, errors
+from daemon import dead_letters, errors, session_list
 from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
+from daemon.console import add_console, is_console_path
 from daemon.engine import Engine
 from daemon.metrics import Metrics
 from daemon.model import (
@@ -36,6 +37,7 @@ from daemon.model import (
     new_session_id,
     top_up_micro,
 )
+from daemon.redis_client import write_refusal
 from daemon.store import RateLimitResult, SessionView, Store
 
 log = structlog.get_logger("lifecycled.api")
@@ -114,8 +116,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason + ".")
     except (RedisError, OSError) as exc:
+        refusal = write_refusal(exc)
         log.warning("request_failed_redis_unavailable", path=request.path, error=str(exc))
-        return error_response(503, "unavailable", "Redis is unreachable; retry shortly.")
+        message = "Redis is unreachable" if refusal is None else refusal
+        return error_response(503, "unavailable", f"{message}; retry shortly.")
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         return error_response(500, "internal_error", "The request failed unexpectedly.")
@@ -124,7 +128,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = request.app[ACCESS]
-    if not access.keys:
+    if not access.keys or is_console_path(request.path):  # the console logs in by cookie
         request[PRINCIPAL] = ADMIN
         return await handler(request)
     if request.path == OPENAPI_PATH and request.method in ("GET", "HEAD"):
@@ -175,9 +179,17 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         return await handler(request)
     session_id, account_id, creates = named
     principal = request.get(PRINCIPAL, ADMIN)
-    result = await request.app[STORE].rate_limit(
-        session_id=session_id, account_id=account_id, creates=creates, scope=principal.account_id
-    )
+    try:
+        result = await request.app[STORE].rate_limit(
+            session_id=session_id, account_id=account_id, creates=creates,
+            scope=principal.account_id,
+        )  # fmt: skip
+    except RedisError as exc:
+        if write_refusal(exc) is None:
+            raise
+        # Redis refuses to count (out of memory, disk full): the request goes on
+        # uncounted, so reads are still answered; a write is refused by its own script.
+        return await handler(request)
     if result is None:
         return await handler(request)
     request[RATE_LIMIT] = result
@@ -589,8 +601,23 @@ def openapi_document() -> bytes:
     return (resources.files("daemon") / "openapi.json").read_bytes()
 
 
-async def openapi(_: web.Request) -> web.Response:
-    return web.Response(body=openapi_document(), content_type="application/json")
+@lru_cache(maxsize=8)
+def served_openapi_document(plans: tuple[tuple[str, int], ...]) -> bytes:
+    """The document with the loaded plans (name, max duration) in place of the shipped ones:
+    the enum of ``plan`` and the largest ``timeout_seconds``. The shipped plans give the
+    shipped document, byte for byte."""
+    doc = json.loads(openapi_document())
+    schemas = doc["components"]["schemas"]
+    schemas["AccountUpdate"]["properties"]["plan"]["enum"] = [name for name, _ in plans]
+    for name in ("SessionCreate", "SessionUpdate"):
+        schemas[name]["properties"]["timeout_seconds"]["maximum"] = max(m for _, m in plans)
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    plans = request.app[STORE].plans.values()
+    body = served_openapi_document(tuple((p.name, p.max_duration_seconds) for p in plans))
+    return web.Response(body=body, content_type="application/json")
 
 
 def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
@@ -621,4 +648,6 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)
     app.router.add_post("/v1/accounts/{account_id}/credits", top_up)
     dead_letters.add_routes(app)
+    add_console(app, store, engine, metrics)
+    session_list.add_routes(app)
     return app

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from daemon import __version__
 from daemon.api import make_api
+from daemon.console import console_url
 from daemon.embedded import EmbeddedValkey
 from daemon.engine import Engine
 from daemon.health import Health
@@ -135,6 +136,7 @@ class Daemon:
         log.info("daemon_started", version=__version__, replica=self.engine.replica_id,
                  http=f"{s.http_host}:{s.http_port}", metrics=f"{s.metrics_host}:{s.metrics_port}",
                  partitions=s.partitions, embedded=self.embedded is not None)  # fmt: skip
+        log.info("console", url=console_url(s.http_host, s.http_port))
 
     @staticmethod
     async def _serve(app: web.Application, host: str, port: int, name: str) -> web.AppRunner:

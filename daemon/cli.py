@@ -94,9 +94,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon import redis_cli
+
     settings = _settings_or_exit(args.config)
-    print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
+    # Not a setting: how the bundled valkey-cli reaches the server these settings name.
+    shown = {**settings.redacted(), "redis_cli": redis_cli.describe(settings)}
+    print(json.dumps(shown, indent=2, sort_keys=True))
     return 0
+
+
+def cmd_redis_url(args: argparse.Namespace) -> int:
+    from daemon import redis_cli
+
+    print(redis_cli.server_url(_settings_or_exit(args.config)))
+    return 0
+
+
+def cmd_redis_cli(argv: list[str]) -> int:
+    """``lifecycled redis-cli [--config PATH] [--] [ARGS...]``: every other argument is
+    valkey-cli's own, ``--help`` included."""
+    from daemon import redis_cli
+
+    config = None
+    if argv[:1] == ["--config"] and len(argv) > 1:
+        config, argv = argv[1], argv[2:]
+    elif argv[:1] and argv[0].startswith("--config="):
+        config, argv = argv[0].split("=", 1)[1], argv[1:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    settings = _settings_or_exit(config)
+    try:
+        redis_cli.exec_cli(settings, argv)
+    except (redis_cli.RedisCliError, EmbeddedError, OSError) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    return EXIT_OK  # pragma: no cover (exec does not return)
 
 
 # The API commands
@@ -360,18 +391,24 @@ async def api_events(client: LifecycleClient, args: argparse.Namespace) -> int:
 
 
 async def api_sessions(client: LifecycleClient, args: argparse.Namespace) -> int:
-    sessions = await client.sessions(args.account)
+    if args.account is None:
+        # Every account's: read a page at a time (an admin key).
+        sessions = [s async for s in client.all_sessions(page_size=args.page_size)]
+    else:
+        sessions = await client.sessions(args.account)
     if args.json:
         _print_json({"sessions": [s.raw for s in sessions]})
         return EXIT_OK
     if not sessions:
-        print(f"no live sessions for account {args.account}")
+        print("no live sessions" + ("" if args.account is None else f" for account {args.account}"))
         return EXIT_OK
     now = datetime.now(UTC)
-    table = [("SESSION", "STATUS", "PLAN", "CREATED", "TERMINATES")]
+    every = args.account is None  # then an ACCOUNT column first
+    table = [(*(["ACCOUNT"] * every), "SESSION", "STATUS", "PLAN", "CREATED", "TERMINATES")]
     for s in sessions:
         table.append(
             (
+                *([s.account_id] * every),
                 s.session_id,
                 s.status,
                 s.plan,
@@ -417,6 +454,50 @@ def _amount(text: str) -> Decimal:
     return Decimal(text)
 
 
+def _entry(args: argparse.Namespace) -> tuple[int, str]:
+    """A dead letter named ``PARTITION:ID`` (as ``dead-letters list`` prints it) or ``ID``
+    (with ``--partition``, default 0)."""
+    head, sep, tail = args.entry.rpartition(":")
+    if sep and head.isdigit():
+        return int(head), tail
+    return args.partition or 0, args.entry
+
+
+async def api_dead_letters_list(client: LifecycleClient, args: argparse.Namespace) -> int:
+    page = await client.dead_letters(partition=args.partition, after=args.after, limit=args.limit)
+    if args.json:
+        _print_json(page.raw)
+        return EXIT_OK
+    if not page.dead_letters:
+        print("no dead letters")
+    for entry in page.dead_letters:
+        fields = " ".join(f"{k}={v}" for k, v in entry.fields.items())
+        print(f"{entry.partition}:{entry.id}  {entry.error or '-'}  {fields}")
+    if page.next is not None:
+        print(f"more: lifecycled dead-letters list --after {page.next}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def api_dead_letters_replay(client: LifecycleClient, args: argparse.Namespace) -> int:
+    partition, entry_id = _entry(args)
+    new_id = await client.replay_dead_letter(partition, entry_id)
+    if args.json:
+        _print_json({"partition": partition, "id": entry_id, "replayed_as": new_id})
+    else:
+        print(f"replayed {partition}:{entry_id} as events entry {new_id}")
+    return EXIT_OK
+
+
+async def api_dead_letters_drop(client: LifecycleClient, args: argparse.Namespace) -> int:
+    partition, entry_id = _entry(args)
+    await client.drop_dead_letter(partition, entry_id)
+    if args.json:
+        _print_json({"partition": partition, "id": entry_id, "dropped": True})
+    else:
+        print(f"dropped {partition}:{entry_id}")
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -448,8 +529,10 @@ def _add_api_commands(sub: Any) -> None:
     )
     group.add_argument("--json", action="store_true", help="print the API's JSON")
 
-    def command(name: str, help: str, action: ApiAction) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = sub.add_parser(
+    def command(
+        name: str, help: str, action: ApiAction, within: Any = sub
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = within.add_parser(
             name,
             help=help,
             description=help[0].upper() + help[1:] + ".",
@@ -511,8 +594,34 @@ def _add_api_commands(sub: Any) -> None:
     terminate = command("terminate", "terminate a session", api_terminate)
     terminate.add_argument("session_id", metavar="ID")
 
-    sessions = command("sessions", "list an account's live sessions", api_sessions)
-    sessions.add_argument("account", metavar="ACCOUNT")
+    sessions = command(
+        "sessions", "list an account's live sessions (no ACCOUNT: every account's)", api_sessions
+    )
+    sessions.add_argument(
+        "account", metavar="ACCOUNT", nargs="?", help="default: all accounts (an admin key)"
+    )
+    sessions.add_argument(
+        "--page-size", type=_positive_int, metavar="N",
+        help="sessions per request when listing all accounts (default: the server's, 100)",
+    )  # fmt: skip
+
+    dead = sub.add_parser(
+        "dead-letters",
+        help="list, replay or drop dead letters (admin)",
+        description="Events-stream entries the daemon could not apply (admin key).",
+    )
+    dead_sub = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
+    listing = command("list", "list dead letters, oldest first", api_dead_letters_list, dead_sub)
+    listing.add_argument("--partition", type=int, metavar="P", help="only this partition")
+    listing.add_argument("--after", metavar="CURSOR", help="the page after this cursor")
+    listing.add_argument("--limit", type=_positive_int, metavar="N", help="at most N (100)")
+    for name, help, action in (
+        ("replay", "put a dead letter back on the events stream", api_dead_letters_replay),
+        ("drop", "delete a dead letter", api_dead_letters_drop),
+    ):
+        one = command(name, help, action, dead_sub)
+        one.add_argument("entry", metavar="ENTRY", help="PARTITION:ID as listed, or ID")
+        one.add_argument("--partition", type=int, metavar="P", help="the ID's partition (0)")
 
     account = command("account", "show an account, or set its plan and billing status", api_account)
     account.add_argument("account", metavar="ACCOUNT")
@@ -550,11 +659,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="PATH", help="TOML settings file")
     check.set_defaults(func=cmd_check_config)
 
+    cli = sub.add_parser(
+        "redis-cli",
+        help="run the bundled valkey-cli on the configured Redis (valkey-cli's arguments)",
+        add_help=False,
+    )
+    cli.add_argument("--config", metavar="PATH", help="TOML settings file")
+    cli.add_argument("args", nargs=argparse.REMAINDER, help="valkey-cli's arguments")
+
+    url = sub.add_parser(
+        "redis-url", help="print the configured Redis URL (embedded: its unix:// socket)"
+    )
+    url.add_argument("--config", metavar="PATH", help="TOML settings file")
+    url.set_defaults(func=cmd_redis_url)
+
     _add_api_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["redis-cli"]:
+        # Passed through untouched: valkey-cli's options are not ours to parse.
+        return cmd_redis_cli(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         code: int = args.func(args)

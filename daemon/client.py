@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import structlog
@@ -43,6 +43,8 @@ __all__ = [
     "Account",
     "Conflict",
     "ConnectionFailed",
+    "DeadLetter",
+    "DeadLetterPage",
     "Forbidden",
     "InvalidRequest",
     "LifecycleClient",
@@ -172,6 +174,23 @@ class Account(_ApiModel):
         return None if value is None else value.astimezone(UTC)
 
 
+class DeadLetter(_ApiModel):
+    """An events-stream entry the daemon could not apply (SPEC §10): its original
+    ``fields`` and the ``error`` that sent it to the dead-letter stream."""
+
+    partition: int
+    id: str
+    fields: dict[str, str]
+    error: str | None
+
+
+class DeadLetterPage(_ApiModel):
+    """A page of dead letters; ``next`` is the cursor of the next page (None: the end)."""
+
+    dead_letters: list[DeadLetter]
+    next: str | None
+
+
 # Errors
 
 
@@ -210,7 +229,21 @@ class SessionNotFound(LifecycleClientError):
 
 
 class SessionTerminated(LifecycleClientError):
-    """409 ``session_terminated``: the session is terminated; it cannot be changed."""
+    """409 ``session_terminated``: the session is terminated; it cannot be changed.
+
+    Raised by a ``client.session(..., cancel_on_terminate=True)`` block whose session the
+    server terminated; ``session`` is then its last status (reason in
+    ``termination_reason``), or None when the server no longer knows the session."""
+
+    def __init__(
+        self,
+        status: int | None,
+        code: str,
+        message: str,
+        session: SessionStatus | None = None,
+    ) -> None:
+        super().__init__(status, code, message)
+        self.session = session
 
 
 class Conflict(LifecycleClientError):
@@ -499,6 +532,31 @@ class LifecycleClient:
         """The account's live sessions."""
         return await self._list(_account_path(account_id) + "/sessions", "sessions", SessionStatus)
 
+    async def sessions_page(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> tuple[list[SessionStatus], str | None]:
+        """One page of every account's live sessions (``GET /v1/sessions``, an admin key)
+        and the cursor of the next page, passed back as ``after`` (None: the last page)."""
+        query = urlencode(_without_none(after=after, limit=limit))
+        path = "/v1/sessions" + (f"?{query}" if query else "")
+        data = await self._request("GET", path)
+        try:
+            page = [SessionStatus.from_api(item) for item in data["sessions"]]
+            cursor = data["next"]
+        except (ValidationError, KeyError, TypeError) as exc:
+            raise _bad_answer(path, exc) from None
+        return page, None if cursor is None else str(cursor)
+
+    async def all_sessions(self, *, page_size: int | None = None) -> AsyncIterator[SessionStatus]:
+        """Every live session, a page (about ``page_size``) per request."""
+        after: str | None = None
+        while True:
+            page, after = await self.sessions_page(after=after, limit=page_size)
+            for status in page:
+                yield status
+            if after is None:
+                return
+
     async def account(self, account_id: str) -> Account:
         return await self._account("GET", account_id, None)
 
@@ -531,6 +589,29 @@ class LifecycleClient:
         except ValidationError as exc:
             raise _bad_answer(path, exc) from None
 
+    # Dead letters (admin)
+
+    async def dead_letters(
+        self, *, partition: int | None = None, after: str | None = None, limit: int | None = None
+    ) -> DeadLetterPage:
+        """``GET /v1/dead-letters``: one page, oldest first; pass ``next`` back as ``after``."""
+        query = urlencode(_without_none(partition=partition, after=after, limit=limit))
+        path = "/v1/dead-letters" + (f"?{query}" if query else "")
+        data = await self._request("GET", path)
+        try:
+            return DeadLetterPage.from_api(data)
+        except ValidationError as exc:
+            raise _bad_answer(path, exc) from None
+
+    async def replay_dead_letter(self, partition: int, entry_id: str) -> str:
+        """Put the entry's original fields back on the events stream and remove it (one
+        atomic step); returns the id of the new events-stream entry."""
+        data = await self._request("POST", _dead_letter_path(partition, entry_id) + "/replay")
+        return str(data["replayed_as"])
+
+    async def drop_dead_letter(self, partition: int, entry_id: str) -> None:
+        await self._request("DELETE", _dead_letter_path(partition, entry_id))
+
     # Managed sessions
 
     @contextlib.asynccontextmanager
@@ -543,11 +624,18 @@ class LifecycleClient:
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
         keepalive_every: float | None = None,
+        cancel_on_terminate: bool = False,
     ) -> AsyncIterator[ManagedSession]:
         """Create a session for the block, keep it alive, and terminate it on the way out.
 
         The termination runs whether the block ends normally, raises or is cancelled;
         it is shielded from cancellation, and :meth:`aclose` waits for it.
+
+        The handle's :attr:`ManagedSession.terminated` resolves once the client learns
+        that the server terminated the session (a background keepalive or any call of the
+        handle). With ``cancel_on_terminate`` the block is then cancelled and the ``async
+        with`` raises :class:`SessionTerminated`; a call of the handle from the block's
+        own task raises it directly.
         """
         if keepalive_every is not None and keepalive_every <= 0:
             raise ValueError("keepalive_every must be positive")
@@ -566,16 +654,28 @@ class LifecycleClient:
             # The server may admit it anyway; a leaked session would count against the plan.
             self._track(self._terminate_once_created(creating))
             raise
-        handle = ManagedSession(self, created)
+        handle = ManagedSession(
+            self, created, asyncio.current_task() if cancel_on_terminate else None
+        )
         keeper = None
         if keepalive_every is not None:
             keeper = asyncio.ensure_future(self._keep_alive(handle, keepalive_every))
         try:
             yield handle
-        except BaseException:
+        except BaseException as exc:
+            handle._leave_block()
             await self._stop_and_terminate(handle, keeper, quiet=True)
+            if isinstance(exc, asyncio.CancelledError) and handle._take_cancel():
+                raise handle._terminated_error() from None
             raise
-        await self._stop_and_terminate(handle, keeper, quiet=False)
+        handle._leave_block()
+        try:
+            await self._stop_and_terminate(handle, keeper, quiet=False)
+        except asyncio.CancelledError:
+            # Our own cancellation, requested just as the block finished its last step.
+            if not handle._take_cancel():
+                raise
+            await self._stop_and_terminate(handle, None, quiet=False)
 
     async def _keep_alive(self, handle: ManagedSession, every: float) -> None:
         loop = asyncio.get_running_loop()
@@ -589,6 +689,7 @@ class LifecycleClient:
             except (SessionTerminated, SessionNotFound) as exc:
                 handle.keepalive_error = exc
                 log.warning("keepalive_stopped", session_id=handle.session_id, error=exc.message)
+                await handle._learn_ended(exc)
                 return
             except LifecycleClientError as exc:
                 handle.keepalive_error = exc
@@ -608,10 +709,11 @@ class LifecycleClient:
             keeper.cancel()
         task = self._track(self.terminate(handle.session_id))
         try:
-            handle.last_status = await asyncio.shield(task)
-        except SessionNotFound:
-            pass  # gone already (retention passed): nothing left to terminate
+            handle._learned(await asyncio.shield(task))
+        except SessionNotFound as exc:
+            handle._gone(exc)  # gone already (retention passed): nothing left to terminate
         except LifecycleClientError as exc:
+            handle._gone(exc)
             if not quiet:
                 raise
             log.error(
@@ -640,31 +742,118 @@ class LifecycleClient:
 
 
 class ManagedSession:
-    """The handle ``client.session()`` yields."""
+    """The handle ``client.session()`` yields.
 
-    def __init__(self, client: LifecycleClient, created: SessionStatus) -> None:
+    ``await handle.terminated`` waits until the client learns that the session is
+    terminated and returns its status (``termination_reason`` says why): from a background
+    keepalive, a call of the handle, or the termination at the end of the block. It raises
+    the client's error when the session's end could not be read (e.g. it no longer exists).
+    """
+
+    def __init__(
+        self,
+        client: LifecycleClient,
+        created: SessionStatus,
+        block: asyncio.Task[Any] | None = None,
+    ) -> None:
         self.client = client
         self.session_id = created.session_id
         self.created = created
         self.last_status = created
         # The last failed background keepalive, cleared by the next one that succeeds.
         self.keepalive_error: LifecycleClientError | None = None
+        self._ended: asyncio.Future[SessionStatus] = asyncio.get_running_loop().create_future()
+        # With cancel_on_terminate: the task running the block, cancelled on termination
+        # while ``_inside`` the block.
+        self._block = block
+        self._inside = block is not None
+        self._cancelling = False
+
+    @property
+    def terminated(self) -> asyncio.Future[SessionStatus]:
+        """An awaitable of the terminated session's status (cancelling a wait leaves it)."""
+        return asyncio.shield(self._ended)
 
     async def status(self) -> SessionStatus:
-        self.last_status = await self.client.status(self.session_id)
+        self._learned(await self.client.status(self.session_id))
         return self.last_status
 
     async def keepalive(self) -> SessionStatus:
-        self.last_status = await self.client.keepalive(self.session_id)
-        return self.last_status
+        return await self._update(self.client.keepalive(self.session_id))
 
     async def activity(self, source: str | None = None) -> SessionStatus:
-        self.last_status = await self.client.activity(self.session_id, source)
+        return await self._update(self.client.activity(self.session_id, source))
+
+    async def _update(self, call: Coroutine[Any, Any, SessionStatus]) -> SessionStatus:
+        try:
+            self.last_status = await call
+        except (SessionTerminated, SessionNotFound) as exc:
+            await self._learn_ended(exc)
+            raise
         return self.last_status
+
+    async def _learn_ended(self, exc: LifecycleClientError) -> None:
+        """The server refused a change: read why the session ended, if it still can be."""
+        if isinstance(exc, SessionTerminated):
+            try:
+                self._learned(await self.client.status(self.session_id))
+                return
+            except LifecycleClientError as failed:  # terminated, but its end is unreadable
+                exc = failed
+        self._gone(exc)
+        self._end_block()
+
+    def _learned(self, status: SessionStatus) -> None:
+        self.last_status = status
+        if status.terminated:
+            if not self._ended.done():
+                self._ended.set_result(status)
+            self._end_block()
+
+    def _gone(self, exc: LifecycleClientError) -> None:
+        if not self._ended.done():
+            self._ended.set_exception(exc)
+            self._ended.exception()  # retrieved: nobody need await it
+
+    def _end_block(self) -> None:
+        """With ``cancel_on_terminate``: end the block, which raises SessionTerminated."""
+        block = self._block
+        if block is None or not self._inside or self._cancelling:
+            return
+        if block is asyncio.current_task():
+            raise self._terminated_error()
+        self._cancelling = True
+        block.cancel(f"session {self.session_id} was terminated")
+
+    def _leave_block(self) -> None:
+        self._inside = False
+
+    def _take_cancel(self) -> bool:
+        """Whether the cancellation being handled is ours alone (then it is withdrawn)."""
+        if not self._cancelling or self._block is None:
+            return False
+        self._cancelling = False
+        return self._block.uncancel() == 0
+
+    def _terminated_error(self) -> SessionTerminated:
+        status = None
+        if self._ended.done() and self._ended.exception() is None:
+            status = self._ended.result()
+        why = f" ({status.termination_reason})" if status is not None else ""
+        return SessionTerminated(
+            409,
+            "session_terminated",
+            f"Session {self.session_id} was terminated on the server{why}.",
+            session=status,
+        )
 
 
 def _session_path(session_id: str) -> str:
     return "/v1/sessions/" + quote(session_id, safe="")
+
+
+def _dead_letter_path(partition: int, entry_id: str) -> str:
+    return f"/v1/dead-letters/{partition}/{quote(entry_id, safe='')}"
 
 
 def _account_path(account_id: str) -> str:

@@ -39,7 +39,8 @@ def _partition(store: Store, text: str) -> PartitionKeys:
 
 
 def _entry_id(text: str) -> str:
-    if not _ENTRY_ID.fullmatch(text):
+    # Both parts are unsigned 64-bit numbers in Redis; a larger one is a malformed id.
+    if not _ENTRY_ID.fullmatch(text) or any(int(part) >= 2**64 for part in text.split("-")):
         raise errors.InvalidRequest("entry_id must be a stream entry id such as 1700000000000-0.")
     return text
 
@@ -92,32 +93,38 @@ async def drop(store: Store, pk: PartitionKeys, entry_id: str) -> None:
         raise DeadLetterNotFound(f"No dead letter {entry_id} in partition {pk.partition}.")
 
 
-def _admin(request: web.Request) -> Store:
+def admin_store(request: web.Request, what: str = "read or change dead letters") -> Store:
+    """The store, for an admin caller; any other key is ``403``."""
     from daemon.api import PRINCIPAL, STORE
 
     if not request[PRINCIPAL].is_admin:
-        raise errors.Forbidden("Only an admin key may read or change dead letters.")
+        raise errors.Forbidden(f"Only an admin key may {what}.")
     return request.app[STORE]
 
 
+def page_limit(request: web.Request) -> int:
+    """The ``limit`` query parameter of a paged list: 1 to MAX_LIMIT, default DEFAULT_LIMIT."""
+    text = request.query.get("limit")
+    if not text:
+        return DEFAULT_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise errors.InvalidRequest(f"limit must be an integer between 1 and {MAX_LIMIT}.")
+    return int(text)
+
+
 async def list_handler(request: web.Request) -> web.Response:
-    store = _admin(request)
+    store = admin_store(request)
     query = request.query
     partition = None
     if query.get("partition"):
         partition = _partition(store, query["partition"]).partition
-    limit = DEFAULT_LIMIT
-    if query.get("limit"):
-        text = query["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-            raise errors.InvalidRequest(f"limit must be an integer between 1 and {MAX_LIMIT}.")
-        limit = int(text)
+    limit = page_limit(request)
     page, cursor = await list_page(store, partition, query.get("after") or None, limit)
     return web.json_response({"dead_letters": page, "next": cursor})
 
 
 async def replay_handler(request: web.Request) -> web.Response:
-    store = _admin(request)
+    store = admin_store(request)
     pk = _partition(store, request.match_info["partition"])
     entry_id = _entry_id(request.match_info["entry_id"])
     new_id = await replay(store, pk, entry_id)
@@ -125,7 +132,7 @@ async def replay_handler(request: web.Request) -> web.Response:
 
 
 async def drop_handler(request: web.Request) -> web.Response:
-    store = _admin(request)
+    store = admin_store(request)
     pk = _partition(store, request.match_info["partition"])
     entry_id = _entry_id(request.match_info["entry_id"])
     await drop(store, pk, entry_id)

@@ -154,7 +154,8 @@ class Engine:
             self.metrics.partitions_owned.set(len(self._consumers))
             if failures and len(failures) == len(order):
                 raise failures[0]
-            await asyncio.sleep(ttl_s / 3 * random.uniform(0.8, 1.0))
+            # Jitter that spreads the replicas' renewals, not a secret.
+            await asyncio.sleep(ttl_s / 3 * random.uniform(0.8, 1.0))  # nosec B311
 
     async def _tend_lease(self, pk: PartitionKeys, fair: int) -> None:
         """Renew a held lease (or hand it over above the fair share), or take a free one."""

@@ -24,6 +24,7 @@ import structlog
 from redis.backoff import ExponentialWithJitterBackoff
 
 from daemon.metrics import Metrics
+from daemon.redis_client import write_refusal
 
 log = structlog.get_logger("lifecycled.health")
 
@@ -114,8 +115,9 @@ class Health:
 
         Whether Redis is reachable is the ping loop's to say (``redis_ok`` and
         ``redis_failed``): one command failing on a connection the server closed is not
-        an outage. Any other failure (a Redis error reply, a bug) is logged when the
-        loop starts failing, not on every retry.
+        an outage. Redis refusing writes (out of memory, disk full) is logged as a
+        warning, without a traceback. Any other failure (a Redis error reply, a bug) is
+        logged when the loop starts failing, not on every retry.
         """
         component = self.components.setdefault(name, _Component())
         now = time.monotonic()
@@ -123,10 +125,15 @@ class Health:
             component.failures = 0
         component.failures += 1
         component.running = False
-        component.error = describe(exc)
+        refusal = write_refusal(exc)
+        component.error = refusal or describe(exc)
         if connection:
             log.debug("loop_redis_error", loop=name, error=component.error,
                       failures=component.failures)  # fmt: skip
+        elif refusal is not None:
+            level = log.warning if component.failures == 1 else log.debug
+            level("loop_redis_refuses_writes", loop=name, error=refusal, reply=str(exc),
+                  failures=component.failures)  # fmt: skip
         elif component.failures == 1:
             log.error("loop_failed", loop=name, error=component.error,
                       exc_info=exc)  # fmt: skip

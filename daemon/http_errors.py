@@ -62,5 +62,6 @@ class JsonErrorServer(web.Server):
 def use_json_errors(runner: web.AppRunner) -> None:
     """Make a set-up runner's server answer unparsable requests as above."""
     server = runner.server
-    assert server is not None, "runner.setup() first"
+    if server is None:
+        raise RuntimeError("use_json_errors needs a runner after runner.setup()")
     server.__class__ = JsonErrorServer

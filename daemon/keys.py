@@ -27,6 +27,8 @@ Per partition (``P`` = ``key_prefix``):
 Per deployment:
 
 - ``P:webhooks``         hash, webhook endpoint id -> JSON (url, types, account, secret)
+- ``P:console:<digest>`` string, one operator console login (``daemon.console.auth``):
+                         the SHA-256 hex of the session token in its cookie; expires
 - ``P:config``           hash, ``partitions`` and ``plans`` (comma-separated names), written
                          by the daemon so producers (``daemon.publisher``) route and validate
                          events as it does
@@ -42,6 +44,11 @@ GROUP = "lifecycled"
 
 def config_key(prefix: str) -> str:
     return f"{prefix}:config"
+
+
+def console_session_key(prefix: str, digest: str) -> str:
+    """A console login, by the SHA-256 hex of its cookie's token (never the token itself)."""
+    return f"{prefix}:console:{digest}"
 
 
 def partition_of(account_id: str, partitions: int) -> int:

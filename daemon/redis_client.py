@@ -27,7 +27,9 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     ClusterError,
+    OutOfMemoryError,
     RedisClusterException,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -46,6 +48,21 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     AskError,
     RedisClusterException,
 )
+
+
+def write_refusal(exc: BaseException) -> str | None:
+    """Why the server refused a write, when ``exc`` is such a refusal; else ``None``.
+
+    A server at ``maxmemory`` with the ``noeviction`` policy answers ``OOM`` to a write;
+    one that cannot persist (a full disk failing the AOF write or an RDB save with
+    ``stop-writes-on-bgsave-error``) answers ``MISCONF`` to writes and to ``PING``. Both
+    pass once the operator frees memory or disk; reads are still served meanwhile.
+    """
+    if isinstance(exc, OutOfMemoryError):
+        return "Redis refuses writes: it is out of memory (maxmemory reached)"
+    if isinstance(exc, ResponseError) and str(exc).startswith("MISCONF"):
+        return "Redis refuses writes: it cannot persist them to disk (MISCONF)"
+    return None
 
 
 def connect(url: str, cluster: bool) -> Any:

@@ -8,7 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -19,6 +19,10 @@ from daemon.plans import PACKAGED_PLANS_FILE, Plan, PlansError, load_plans
 ENV_PREFIX = "LIFECYCLE_"
 CONFIG_FILE_ENV = "LIFECYCLE_CONFIG_FILE"
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# TLS options of a rediss:// URL's query (redis-py's SSLConnection): files, then others.
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+_TLS_OPTIONS = (*_TLS_FILES, "ssl_ca_path", "ssl_cert_reqs", "ssl_check_hostname",
+                "ssl_min_version", "ssl_ciphers")  # fmt: skip
 
 
 class ConfigError(Exception):
@@ -91,7 +95,8 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
-    metrics_host: str = "0.0.0.0"
+    # Probes and scrapes come from outside the host (SPEC §5); the API stays on loopback.
+    metrics_host: str = "0.0.0.0"  # nosec B104
     metrics_port: int = Field(default=9464, ge=1, le=65535)
 
     # Process
@@ -129,6 +134,7 @@ class Settings(BaseSettings):
             )
         if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
             raise ValueError("redis+sentinel:// needs the service name: .../<service>[/<db>]")
+        _check_tls_options(parts.scheme, parse_qs(parts.query))
         return value
 
     @field_validator("key_prefix")
@@ -212,6 +218,21 @@ class Settings(BaseSettings):
         if self.api_keys is not None:
             out["api_keys"] = ",".join(f"<redacted>:{k.role}" for k in self.keys())
         return out
+
+
+def _check_tls_options(scheme: str, query: dict[str, list[str]]) -> None:
+    """A typo in a TLS option would otherwise fail every connection, not the start."""
+    tls = [name for name in query if name.startswith("ssl_")]
+    if tls and scheme != "rediss":
+        raise ValueError(f"{tls[0]} needs a rediss:// URL")
+    for name in tls:
+        if name not in _TLS_OPTIONS:
+            raise ValueError(f"unknown TLS option {name!r}; known: {', '.join(_TLS_OPTIONS)}")
+        value = query[name][-1]
+        if name in _TLS_FILES and not os.access(value, os.R_OK):
+            raise ValueError(f"{name}: cannot read {value}")
+        if name == "ssl_cert_reqs" and value not in ("none", "optional", "required"):
+            raise ValueError(f"ssl_cert_reqs must be none, optional or required, got {value!r}")
 
 
 def redact_url(url: str) -> str:

@@ -154,6 +154,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _session_views(now: int, entries: Sequence[Any]) -> list[SessionView]:
+    """Records as scripts return them (``{session id, field, value, ...}``), oldest first."""
+    views = []
+    for entry in entries:
+        flat = [_text(v) for v in entry]
+        fields = dict(zip(flat[1::2], flat[2::2], strict=True))
+        views.append(SessionView(SessionRecord.from_fields(flat[0], fields), now))
+    views.sort(key=lambda v: (v.record.created_at, v.record.session_id))
+    return views
+
+
 def _view(session_id: str, reply: list[Any]) -> SessionView:
     flat = [_text(v) for v in reply[2:]]
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -364,14 +375,16 @@ class Store:
     async def list_sessions(self, account_id: str) -> list[SessionView]:
         """The account's live sessions, oldest first."""
         reply = await self._call("list_sessions", self.partition_for(account_id), account_id)
-        now = int(reply[0])
-        views = []
-        for entry in reply[1:]:
-            flat = [_text(v) for v in entry]
-            fields = dict(zip(flat[1::2], flat[2::2], strict=True))
-            views.append(SessionView(SessionRecord.from_fields(flat[0], fields), now))
-        views.sort(key=lambda v: (v.record.created_at, v.record.session_id))
-        return views
+        return _session_views(int(reply[0]), reply[1:])
+
+    async def live_sessions_step(
+        self, partition: int, cursor: str, count: int
+    ) -> tuple[list[SessionView], str]:
+        """One ZSCAN step over a partition's live sessions (about ``count`` of them, oldest
+        first) and the cursor of the next step (``"0"``: the partition is done)."""
+        reply = await self._call("list_sessions", self.partitions[partition], "", cursor, count)
+        views = [v for v in _session_views(int(reply[0]), reply[2:]) if not v.record.terminated]
+        return views, _text(reply[1])
 
     # Accounts
 

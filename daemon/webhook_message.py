@@ -16,7 +16,8 @@ from math import floor
 
 from standardwebhooks import Webhook
 
-SECRET_PREFIX = "whsec_"
+# The Standard Webhooks prefix of a secret, not a secret.
+SECRET_PREFIX = "whsec_"  # nosec B105
 # Command fields that stay strings even when they look like numbers.
 _TEXT_FIELDS = frozenset({"session_id", "account_id", "reason", "error", "source"})
 

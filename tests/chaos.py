@@ -101,11 +101,14 @@ class Chaos:
         self.workdir = workdir
         self.seconds = seconds
         self.rng = random.Random(seed)
-        self.valkey = ValkeyProcess(workdir / "valkey", "--appendfsync", "always")
+        # Replicas and the producer log in as config/redis-users.acl's least-privileged
+        # users; the checker reads as the unrestricted default user.
+        self.valkey = ValkeyProcess(workdir / "valkey", "--appendfsync", "always", users=True)
         (workdir / "valkey").mkdir(parents=True, exist_ok=True)
         self.replicas: list[Daemon] = []
         self.report = Report()
         self.redis: Any = None
+        self.platform: Any = None  # publishes events, as the `platform` user
         # What the generator did, per session id.
         self.accounts: dict[str, str] = {}
         self.activity: dict[str, list[int]] = defaultdict(list)  # entry times (ms)
@@ -131,7 +134,7 @@ class Chaos:
 
     def new_replica(self, index: int) -> Daemon:
         """The daemon process for replica ``index``, not started yet."""
-        env = {**SETTINGS, "LIFECYCLE_REDIS_URL": self.valkey.url,
+        env = {**SETTINGS, "LIFECYCLE_REDIS_URL": self.valkey.url_as("lifecycled"),
                "LIFECYCLE_PLANS_FILE": str(self.plans_file)}  # fmt: skip
         return Daemon(env, self.workdir / f"replica-{index}.log")
 
@@ -176,7 +179,7 @@ class Chaos:
 
     async def publish(self, account: str, fields: dict[str, str]) -> int | None:
         try:
-            entry = await self.redis.xadd(events_key(account), fields)
+            entry = await self.platform.xadd(events_key(account), fields)
         except (RedisError, OSError):
             return None  # Valkey is down right now: the event was not sent
         self.report.events += 1
@@ -315,7 +318,8 @@ class Chaos:
     async def run(self) -> Report:
         self.valkey.start()
         self.redis = aioredis.Redis.from_url(self.valkey.url, socket_timeout=5)
-        pipe = self.redis.pipeline(transaction=False)
+        self.platform = aioredis.Redis.from_url(self.valkey.url_as("platform"), socket_timeout=5)
+        pipe = self.platform.pipeline(transaction=False)
         for account in self.all_accounts:
             fields = {"type": "billing", "account_id": account, "billing_status": "ok",
                       "plan": "metered" if account in self.metered else "enterprise"}  # fmt: skip
@@ -347,6 +351,7 @@ class Chaos:
             if daemon.stop(signal.SIGTERM) != 0:
                 self.report.violations.append(f"replica {daemon.log_path.name} exited non-zero")
         await self.redis.aclose()
+        await self.platform.aclose()
         self.valkey.stop()
         return self.report
 
@@ -372,6 +377,9 @@ class Chaos:
         return 0
 
     async def check(self) -> None:
+        # Least privilege: nothing the replicas or the producer did was refused.
+        for entry in await self.redis.acl_log(count=10):
+            self.report.violations.append(f"ACL refused {entry}")
         commands: dict[str, list[dict[str, str]]] = defaultdict(list)
         for p in range(PARTITIONS):
             for _, raw in await self.redis.xrange(f"lifecycle:{{{p}}}:commands"):

@@ -24,7 +24,8 @@ for _name in list(os.environ):
 
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyProcess]:
-    server = ValkeyProcess(tmp_path_factory.mktemp("valkey")).start()
+    # With config/redis-users.acl: the scripts run as its least-privileged `lifecycled`.
+    server = ValkeyProcess(tmp_path_factory.mktemp("valkey"), users=True).start()
     yield server
     server.stop()
 
@@ -38,12 +39,16 @@ async def redis(valkey: ValkeyProcess) -> AsyncIterator[Any]:
 
 
 class Harness:
-    """A Store on the test server, with this test's settings, acting as one replica."""
+    """A Store on the test server, with this test's settings, acting as one replica.
 
-    def __init__(self, redis: Any, settings: Settings) -> None:
+    ``redis`` sets up and inspects as the test's administrator; the Store uses
+    ``store_redis`` when given (the harness fixture: the ACL file's `lifecycled` user).
+    """
+
+    def __init__(self, redis: Any, settings: Settings, store_redis: Any = None) -> None:
         self.redis = redis
         self.settings = settings
-        self.store = Store(redis, settings, settings.plans())
+        self.store = Store(store_redis or redis, settings, settings.plans())
         self.pk = self.store.partitions[0]
         self.replica = "test-replica"
 
@@ -87,11 +92,14 @@ class Harness:
 
 
 @pytest.fixture
-def harness(redis: Any) -> Callable[..., Any]:
-    async def make(**overrides: Any) -> Harness:
-        return await Harness(redis, Settings(**overrides)).setup()
+async def harness(redis: Any, valkey: ValkeyProcess) -> AsyncIterator[Callable[..., Any]]:
+    least_privileged = aioredis.Redis.from_url(valkey.url_as("lifecycled"))
 
-    return make
+    async def make(**overrides: Any) -> Harness:
+        return await Harness(redis, Settings(**overrides), least_privileged).setup()
+
+    yield make
+    await least_privileged.aclose()
 
 
 @pytest.fixture

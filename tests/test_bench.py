@@ -32,6 +32,7 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
         "Redis memory per live session at 10,000",
         "daemon RSS",
         "expiry lateness, 10,000 live",
+        "console page latency, 10,000 live",
         "peer: key TTL + notifications, 10,000 live",
     ):
         assert figure in figures, figures

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.client import LifecycleClient
+from daemon.client import LifecycleClient, SessionNotFound
 from tests.servers import Daemon, eventually, free_port
 
 Start = Callable[..., Daemon]
@@ -72,6 +72,7 @@ async def test_help_lists_every_command_and_the_exit_codes() -> None:
         "terminate",
         "sessions",
         "account",
+        "dead-letters",
         "check-config",
     ):
         assert re.search(rf"^\s+{command}\s", result.out, re.M), command
@@ -262,3 +263,78 @@ def test_the_sdk_prints_nothing_and_logs_through_the_logging_module() -> None:
                           timeout=30, check=True)  # fmt: skip
     assert proc.stdout == ""
     assert "lifecycled.client WARNING keepalive_stopped" in proc.stderr
+
+
+async def test_dead_letters_list_replay_and_drop(redis: Any, daemons: Start) -> None:
+    root = "dead-letter-admin-key"
+    d = daemons(api_keys=hashlib.sha256(root.encode()).hexdigest() + ":admin")
+    env = {"LIFECYCLE_API_URL": d.api, "LIFECYCLE_API_KEY": root}
+    dead = "lifecycle:{0}:dead"
+    fields = {"type": "created", "session_id": "ses_cli_dl", "account_id": "acme"}
+    first = (await redis.xadd(dead, {**fields, "error": "unknown plan 'team'"})).decode()
+    second = (await redis.xadd(dead, {"type": "bogus", "error": "unknown type"})).decode()
+
+    listed, paged, as_json, anonymous = await asyncio.gather(
+        cli("dead-letters", "list", env=env),
+        cli("dead-letters", "list", "--limit", "1", env=env),
+        cli("dead-letters", "list", "--json", env=env),
+        cli("dead-letters", "list", env={"LIFECYCLE_API_URL": d.api}),
+    )
+    assert listed.code == 0, listed.err
+    assert listed.out.splitlines() == [
+        f"0:{first}  unknown plan 'team'  type=created session_id=ses_cli_dl account_id=acme",
+        f"0:{second}  unknown type  type=bogus",
+    ]
+    assert paged.out.splitlines() == listed.out.splitlines()[:1]
+    assert paged.err.strip() == f"more: lifecycled dead-letters list --after 0:{first}"
+    assert [e["id"] for e in as_json.json()["dead_letters"]] == [first, second]
+    assert anonymous.failed_cleanly(5, "API key"), anonymous
+
+    replayed = await cli("dead-letters", "replay", f"0:{first}", env=env)
+    assert replayed.code == 0 and replayed.out.startswith(f"replayed 0:{first} as events entry ")
+    again = await cli("dead-letters", "replay", f"0:{first}", env=env)
+    assert again.failed_cleanly(3, f"No dead letter {first} in partition 0."), again
+    async with LifecycleClient(d.api, root) as client:
+        created = await eventually(
+            lambda: _exists(client, "ses_cli_dl"), what="the replayed session"
+        )
+        assert created.account_id == "acme"
+    dropped = await cli("dead-letters", "drop", second, "--json", env=env)
+    assert dropped.code == 0 and dropped.json() == {"partition": 0, "id": second, "dropped": True}
+    empty, bad = await asyncio.gather(
+        cli("dead-letters", "list", env=env),
+        cli("dead-letters", "drop", "0:nope", env=env),
+    )
+    assert empty.out == "no dead letters\n" and await redis.xlen(dead) == 0
+    assert bad.failed_cleanly(2, "entry_id must be a stream entry id"), bad
+
+
+async def _exists(client: LifecycleClient, session_id: str) -> Any:
+    try:
+        return await client.status(session_id)
+    except SessionNotFound:
+        return None
+
+
+async def test_two_replicas_replaying_one_dead_letter_replay_it_once(
+    redis: Any, daemons: Start
+) -> None:
+    a, b = daemons(), daemons()
+    fields = {"type": "created", "session_id": "ses_once", "account_id": "acme", "error": "x"}
+    entry = (await redis.xadd("lifecycle:{0}:dead", fields)).decode()
+    results = await asyncio.gather(*(
+        cli("dead-letters", "replay", f"0:{entry}", "--api", d.api) for d in (a, b, a, b)
+    ))  # fmt: skip
+    assert sorted(r.code for r in results) == [0, 3, 3, 3], results
+    async with LifecycleClient(a.api) as client:
+        status = await eventually(lambda: _exists(client, "ses_once"), what="the session")
+    assert status.account_id == "acme" and await redis.xlen("lifecycle:{0}:dead") == 0
+    # Replayed twice, the second create would be reported as rejected (409).
+    await eventually(lambda: _applied(redis), what="the events applied")
+    commands = await redis.xrange("lifecycle:{0}:commands")
+    assert [c for _, c in commands if c.get(b"type") == b"rejected"] == []
+
+
+async def _applied(redis: Any) -> bool:
+    [group] = await redis.xinfo_groups("lifecycle:{0}:events")
+    return bool(group["pending"] == 0 and group["lag"] == 0)

@@ -315,3 +315,83 @@ async def test_keepalive_loop_logs_failures_and_stops_on_termination(
 
 async def _is(value: Any, cls: type) -> bool:
     return isinstance(value, cls)
+
+
+async def test_handle_terminated_resolves_with_the_servers_reason(
+    client: LifecycleClient,
+) -> None:
+    # The background keepalive learns that the server ended the session at its max lifetime.
+    async with client.session("acme", timeout_seconds=1, keepalive_every=0.1) as expiring:
+        ended = await asyncio.wait_for(expiring.terminated, timeout=10)
+        assert ended.status == "terminated" and ended.termination_reason == "max_lifetime"
+        assert ended.session_id == expiring.session_id
+
+    # Without a background keepalive a status read of the handle learns it.
+    async with client.session("acme") as read:
+        waiting = asyncio.ensure_future(read.terminated)
+        await client.terminate(read.session_id)
+        assert not waiting.done()
+        assert (await read.status()).status == "terminated"
+        assert (await asyncio.wait_for(waiting, 1)).termination_reason == "requested"
+
+    # A block that ends by itself: the handle's own termination resolves it.
+    async with client.session("acme") as normal:
+        pass
+    assert (await normal.terminated).termination_reason == "requested"
+
+
+async def test_cancel_on_terminate_ends_the_block_with_session_terminated(
+    client: LifecycleClient,
+) -> None:
+    async def held_forever(**options: Any) -> str:
+        async with client.session("acme", cancel_on_terminate=True, **options) as session:
+            ids.append(session.session_id)
+            started.set()
+            await asyncio.Event().wait()
+        raise AssertionError("the block went on")
+
+    # The background keepalive learns of it and cancels the block.
+    ids: list[str] = []
+    started = asyncio.Event()
+    job = asyncio.ensure_future(held_forever(keepalive_every=0.1))
+    await started.wait()
+    await client.terminate(ids[0])
+    with pytest.raises(SessionTerminated) as ended:
+        await asyncio.wait_for(job, timeout=10)
+    assert ended.value.session is not None
+    assert ended.value.session.termination_reason == "requested"
+    assert ids[0] in ended.value.message and "requested" in ended.value.message
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+    # A status read in the block's own task raises it there.
+    async def read_after_termination() -> None:
+        async with client.session("acme", cancel_on_terminate=True) as session:
+            await client.terminate(session.session_id)
+            await session.status()
+            raise AssertionError("status() returned a terminated session")
+
+    with pytest.raises(SessionTerminated) as read:
+        await read_after_termination()
+    assert read.value.session is not None and read.value.session.status == "terminated"
+
+    # A status read in another task (a watcher the block started) cancels the block.
+    async def watched() -> None:
+        async with client.session("acme", cancel_on_terminate=True) as session:
+            await client.terminate(session.session_id)
+            watcher = asyncio.ensure_future(session.status())
+            await asyncio.Event().wait()
+        await watcher
+
+    with pytest.raises(SessionTerminated):
+        await asyncio.wait_for(watched(), timeout=10)
+
+    # Cancelled from outside, the block still ends with CancelledError, not the opt-in's error.
+    ids.clear()
+    started.clear()
+    job = asyncio.ensure_future(held_forever(keepalive_every=0.1))
+    await started.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert (await client.status(ids[0])).termination_reason == "requested"

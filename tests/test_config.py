@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +141,21 @@ def test_non_loopback_host_with_keys_is_accepted() -> None:
     assert result.returncode == 0, result.stderr
     assert "secret" not in result.stdout and digest not in result.stdout
     assert "user:***@localhost" in result.stdout
+
+
+def test_redis_cli_runs_the_bundled_valkey_cli_on_the_configured_server(valkey: Any) -> None:
+    env = {"LIFECYCLE_REDIS_URL": valkey.url, "PATH": os.defpath}  # no valkey-cli on PATH
+    result = run_cli("redis-cli", "--raw", "ECHO", "lifecycled-was-here", env=env)
+    assert (result.returncode, result.stdout) == (0, "lifecycled-was-here\n"), result.stderr
+    assert run_cli("redis-url", env=env).stdout == valkey.url + "\n"
+
+    # A password is handed over in valkey-cli's own variable, never shown.
+    url = "redis://bob:hunter2@db.example:6390/2"
+    shown = json.loads(run_cli("check-config", env={"LIFECYCLE_REDIS_URL": url}).stdout)
+    command = shown["redis_cli"]["command"]
+    assert command.startswith("REDISCLI_AUTH=*** /") and "hunter2" not in command
+    assert command.endswith("valkey-cli -h db.example -p 6390 -n 2 --user bob"), command
+
+    sentinel = run_cli("redis-cli", "PING", env={"LIFECYCLE_REDIS_URL": "redis+sentinel://s:1/m"})
+    assert sentinel.returncode == 2 and sentinel.stderr.count("\n") == 1
+    assert "redis+sentinel://" in sentinel.stderr and "Traceback" not in sentinel.stderr

@@ -58,6 +58,9 @@ async def test_list_page_replay_and_drop(redis: Any, daemons: Start) -> None:
         assert (await _call(http, "GET", f"{d.api}/v1/dead-letters?limit=0"))[0] == 422
         assert (await _call(http, "POST", f"{d.api}/v1/dead-letters/7/1-0/replay"))[0] == 404
         assert (await _call(http, "POST", f"{d.api}/v1/dead-letters/0/nope/replay"))[0] == 422
+        # Each part of an id is a 64-bit number: a larger one is malformed, not a Redis error.
+        too_big = f"{d.api}/v1/dead-letters?after=0:1-{2**64}"
+        assert (await _call(http, "GET", too_big))[0] == 422
     await redis.xadd(DEAD, {"type": "bogus", "error": "unknown type 'bogus'"})
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{d.metrics_port}/metrics") as resp:

@@ -294,6 +294,23 @@ def test_unit_hardening(unit: dict[str, dict[str, list[str]]]) -> None:
     assert "@system-service" in unit["Service"].get("SystemCallFilter", [])
 
 
+def test_unit_documentation_is_what_the_install_steps_install(
+    unit: dict[str, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """Each ``Documentation=`` file exists once the README's systemd steps have run."""
+    urls = [url for value in unit["Unit"]["Documentation"] for url in value.split()]
+    assert urls and all(url.startswith("file:///usr/share/doc/lifecycled/") for url in urls)
+    readme = (ROOT / "README.md").read_text().split("\n## Running under systemd\n", 1)[1]
+    steps = "".join(re.findall(r"^```sh\n(.*?)^```$", readme.split("\n## ")[0], re.S | re.M))
+    # The steps that install documentation, run as written into a scratch root.
+    docs = [ln.split("  #")[0] for ln in steps.splitlines() if "/usr/share/doc/" in ln]
+    assert docs, "the README's systemd steps install no documentation"
+    script = "\n".join(docs).replace("/usr/share/doc/", f"{tmp_path}/usr/share/doc/")
+    subprocess.run(["bash", "-e", "-c", script], cwd=ROOT, check=True, timeout=30)
+    for url in urls:
+        assert (tmp_path / url.removeprefix("file:///")).is_file(), url
+
+
 def test_unit_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

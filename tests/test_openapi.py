@@ -1,23 +1,24 @@
 """The OpenAPI document against the live server: schemathesis fuzzes every operation.
 
 It finds no 5xx and no response (status, content type, headers, body) outside the
-document. Every check runs except two that contradict the contract:
-``positive_data_acceptance`` (a schema-valid create may be refused by the account's
-plan: its maximum duration and concurrency are configuration, not schema) and
-``use_after_free`` (a terminated session stays readable for
-``terminated_retention_seconds``, SPEC §1); and schema-violating data may be refused
-with 402 or 429, because billing and concurrency are checked before the fields (SPEC §2).
+document, with every check on. The commented configuration below allows only what
+docs/spec.md explains: state-dependent 402 and 429 (billing, concurrency and rates are
+the account's state), a ``timeout_seconds`` over the account's own plan (422), and a
+terminated session that stays readable after ``DELETE`` (retention, SPEC §1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from daemon.api import openapi_document
 from tests.servers import Daemon
@@ -26,21 +27,41 @@ Start = Callable[..., Daemon]
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 
-# One worker: schemathesis's coverage phase is not reliably thread-safe.
 CONFIG = """
+# One worker: schemathesis's coverage phase is not reliably thread-safe.
 workers = 1
 
 [generation]
 max-examples = 50
 
-[checks.positive_data_acceptance]
-enabled = false
+# Every check runs. The statuses below are what docs/spec.md says a request may meet
+# however well-formed it is, because the answer depends on state, not on the request.
 
+# Schema-valid requests: besides the defaults (401, 403, 404, 409, 429), 402 is the
+# account's billing status (SPEC §2, checked before the fields), 429 its concurrent
+# sessions or rates (SPEC §2, §6).
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "401", "402", "403", "404", "409", "429"]
+
+# Schema-violating requests: refused, and 402/429 may come first (billing and
+# concurrency are checked before the fields, SPEC §2).
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "402", "403", "404", "405", "409", "413", "415", "422", "429"]
+
+# A terminated session stays readable for terminated_retention_seconds (SPEC §1): a
+# GET after DELETE answers 200 by design.
 [checks.use_after_free]
 enabled = false
 
-[checks.negative_data_rejection]
-expected-statuses = ["400", "401", "402", "403", "404", "405", "409", "413", "415", "422", "429"]
+# timeout_seconds is capped by the account's own plan (SPEC §2: create checks it with the
+# fields; SPEC "Changes to 0.2's lines": a PATCH may not go below the time already run),
+# which the document gives only as the longest plan's maximum: a schema-valid value
+# can be 422 for this account.
+[[operations]]
+include-operation-id = ["createSession", "updateSession"]
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "401", "402", "403", "404", "409", "422", "429",
+]
 """
 
 
@@ -64,6 +85,55 @@ async def test_fuzzing_the_live_api_finds_nothing_outside_the_document(
         for method in item
         if method != "parameters"
     )
-    assert operations == 11 and f"{operations - 1} selected / {operations - 1} total" in text
+    assert operations == 16 and f"{operations - 1} selected / {operations - 1} total" in text
     assert "Internal Server Error" not in d.log()
     assert "request_failed" not in d.log()
+
+
+PLANS = """\
+[plans.basic]
+max_concurrent = 2
+max_duration_seconds = 600
+requests_per_minute = 3
+creates_per_minute = 1
+
+[plans.team]
+max_duration_seconds = 7200
+"""
+
+
+async def test_served_document_names_the_loaded_plans_and_the_rate_limit_answers(
+    daemons: Start, tmp_path: Path
+) -> None:
+    plans = tmp_path / "plans.toml"
+    plans.write_text(PLANS)
+    d = daemons(plans_file=plans, default_plan="basic")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{d.api}/v1/openapi.json") as resp:
+            doc = await resp.json()
+        schemas = doc["components"]["schemas"]
+        assert schemas["AccountUpdate"]["properties"]["plan"]["enum"] == ["basic", "team"]
+        for name in ("SessionCreate", "SessionUpdate"):
+            assert schemas[name]["properties"]["timeout_seconds"]["maximum"] == 7200
+        headers = doc["components"]["headers"]
+        operation = doc["paths"]["/v1/accounts/{account_id}"]["get"]["responses"]
+        assert operation["429"] == {"$ref": "#/components/responses/RateLimited"}
+        limited = doc["components"]["responses"]["RateLimited"]
+        codes = limited["content"]["application/json"]["schema"]["allOf"][1]
+        answers = []
+        for _ in range(4):
+            async with http.get(f"{d.api}/v1/accounts/acme") as resp:
+                answers.append((resp.status, dict(resp.headers), await resp.json()))
+        assert [status for status, _, _ in answers] == [200, 200, 200, 429]
+        for status, got, _ in answers:
+            documented = operation["200"]["headers"] if status == 200 else limited["headers"]
+            assert set(documented) == {"Retry-After", "RateLimit-Policy", "RateLimit"} - (
+                {"Retry-After"} if status == 200 else set()
+            )
+            for name in documented:
+                pattern = headers[name]["schema"]["pattern"]
+                assert re.fullmatch(pattern, got[name]), (name, got[name], pattern)
+        assert answers[-1][2]["error"] in codes["properties"]["error"]["enum"]
+        # What the enum leaves out the API refuses.
+        async with http.put(f"{d.api}/v1/accounts/zed", json={"plan": "free"}) as resp:
+            assert resp.status == 422

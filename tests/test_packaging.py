@@ -23,7 +23,8 @@ def test_wheel_carries_every_data_file_without_warnings(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     wanted = {
         str(p.relative_to(ROOT))
-        for p in [*ROOT.glob("daemon/lua/**/*.lua"), ROOT / "daemon" / "openapi.json",
+        for p in [*ROOT.glob("daemon/lua/**/*.lua"), *ROOT.glob("daemon/console/templates/*"),
+                  *ROOT.glob("daemon/console/static/*"), ROOT / "daemon" / "openapi.json",
                   ROOT / "daemon" / "plans.toml", ROOT / "daemon" / "py.typed"]
     }  # fmt: skip
     assert wanted <= names, sorted(wanted - names)
