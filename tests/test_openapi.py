@@ -62,6 +62,14 @@ include-operation-id = ["createSession", "updateSession"]
 checks.positive_data_acceptance.expected-statuses = [
     "2xx", "401", "402", "403", "404", "409", "422", "429",
 ]
+
+# A top-up is refused when it would take the account's balance over its maximum (SPEC §7
+# keeps balances exact; docs/api.md): which amounts fit depends on the balance.
+[[operations]]
+include-operation-id = ["topUpCredits"]
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "401", "402", "403", "404", "409", "422", "429",
+]
 """
 
 
