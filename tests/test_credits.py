@@ -312,11 +312,14 @@ async def test_kill_9_before_the_depletion_and_restart_after_it_emits_once_on_ti
     d.proc.wait()
     await _until(redis, created + 1500)
     assert await _commands(redis) == []
-    _metered_daemon(daemons, tmp_path)
+    d2 = _metered_daemon(daemons, tmp_path)
     cmds = await _when_commands(redis, 1)
     assert int(cmds[0]["deadline"]) == created + 1000
     assert cmds[0]["reason"] == "billing" and cmds[0]["credits_used"] == "1"
-    await asyncio.sleep(0)  # one more pass of the expirer must not repeat it
+    # Once the account no longer burns, no later pass can emit for it again.
+    async with aiohttp.ClientSession() as http:
+        _, account = await _call(http, "GET", f"{d2.api}/v1/accounts/acme")
+    assert account["depletes_at"] is None and account["balance"] == 0
     assert len(await _commands(redis)) == 1
 
 
@@ -350,6 +353,8 @@ async def test_bad_top_ups_are_422_with_a_message_and_change_nothing(
                     {"amount": 1, "idempotency_key": "k", "extra": 1}]:  # fmt: skip
             status, body = await _call(http, "POST", url, bad)
             assert status == 422, (bad, body)
+        _, account = await _call(http, "GET", f"{d.api}/v1/accounts/acme")
+        assert account["balance"] is None  # nothing was credited
         # The balance stays below 10^9 credits, where it is exact to the micro-credit.
         await _top_up(http, d.api, "acme", 999_999_999.999999, "k1")
         status, body = await _call(http, "POST", url, {"amount": 0.000001, "idempotency_key": "k2"})
