@@ -63,3 +63,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Tools of the network-fault tests (tests/netns.py): nft and tc, installed as root if missing.
+.PHONY: netfault-tools
+pytest: netfault-tools
+netfault-tools:
+	@command -v nft >/dev/null && command -v tc >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nftables iproute2; }
+
+# The chaos run under network faults (tests/netchaos.py), each scenario SECONDS long.
+.PHONY: chaos-net
+chaos-net: $(STAMP) netfault-tools
+	$(BIN)/python -m tests.netchaos --seconds $(SECONDS) $(ARGS)

@@ -11,6 +11,8 @@ Phases, each on a fresh server:
            live; a burst of sessions falling due together
   peer     the usual alternative (a key per session with a TTL, keyspace notifications
            ``Ex``) with the same live count and the same due schedule, for comparison
+  webhooks terminate commands at a steady rate, each delivered as a signed webhook to one
+           local receiver; latency from the command entering its stream to its arrival
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import aiohttp
 
 from bench.servers import VALKEY_SERVER, Daemon, Valkey
 from daemon.redis_client import connect
+from tests.servers import eventually
+from tests.webhook_receiver import Receiver
 
 PREFIX = "lifecycle"
 
@@ -58,6 +62,8 @@ class Sizes:
     burst_timeout: int  # their max lifetime (s): time enough to publish and apply them
     peer_grace: float  # how long the peer's notifications are waited for (s)
     console_requests: int  # requests of each console page, at the large size
+    webhook_commands: int  # commands delivered as webhooks
+    webhook_rate: int  # ... at this many per second
 
 
 FULL = Sizes(
@@ -66,6 +72,7 @@ FULL = Sizes(
     small=10_000, large=1_000_000, accounts=1_000,
     probe_seconds=20.0, probe_rate=500, probe_timeout=5,
     burst=100_000, burst_timeout=40, peer_grace=30.0, console_requests=100,
+    webhook_commands=30_000, webhook_rate=1_000,
 )  # fmt: skip
 QUICK = Sizes(
     events_sessions=1_000, events_total=20_000, producers=4,
@@ -73,6 +80,7 @@ QUICK = Sizes(
     small=1_000, large=10_000, accounts=100,
     probe_seconds=2.0, probe_rate=200, probe_timeout=2,
     burst=5_000, burst_timeout=4, peer_grace=8.0, console_requests=10,
+    webhook_commands=600, webhook_rate=300,
 )  # fmt: skip
 
 
@@ -600,6 +608,62 @@ class Bench:
             await redis.aclose()
             valkey.stop()
 
+    async def webhooks(self) -> None:
+        """Terminate events at ``webhook_rate``/s; each command POSTed to one receiver."""
+        s = self.sizes
+        n, rate = s.webhook_commands, s.webhook_rate
+        valkey = Valkey(self.workdir / "valkey-webhooks").start()
+        redis = connect(valkey.url, cluster=False)
+        receiver = await Receiver().start()  # verifies every signature, as receivers do
+        daemon = self.daemon(valkey, 1)
+        try:
+            accounts = [f"wh-acct-{i}" for i in range(s.accounts)]
+            await self.enterprise(redis, 1, accounts)
+            ids = range(n)
+            await self.create_sessions(redis, 1, ids, accounts, "wh", (3600, 3600))
+            await self.wait_live(redis, 1, n, 120)
+            async with aiohttp.ClientSession() as http:
+                body = {"url": receiver.url, "types": ["terminate"]}
+                async with http.post(f"{daemon.api}/v1/webhooks", json=body) as resp:
+                    assert resp.status == 201, await resp.text()
+                    receiver.secret = (await resp.json())["secret"]
+            tick = 0.02
+            per_tick = max(1, round(rate * tick))
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for t, first in enumerate(range(0, n, per_tick)):
+                await self.publish(redis, 1, (
+                    {"type": "terminate", "session_id": f"wh{i}",
+                     "account_id": accounts[i % len(accounts)]}
+                    for i in range(first, min(n, first + per_tick))
+                ))  # fmt: skip
+                await asyncio.sleep(max(0.0, start + (t + 1) * tick - loop.time()))
+            sent_for = loop.time() - start
+
+            async def all_arrived() -> bool:
+                return len(receiver.ids()) >= n
+
+            with contextlib.suppress(TimeoutError):
+                await eventually(all_arrived, timeout=60, what="every webhook")
+            arrived: dict[str, float] = {}
+            for got in receiver.got:  # the first arrival of each
+                arrived.setdefault(got.webhook_id, got.wall * 1000)
+            latency: list[float] = []
+            for msg_id, at in arrived.items():
+                entry_ms = int(msg_id.rpartition("_")[2].partition("-")[0])
+                latency.append(at - entry_ms)
+            latency += [math.inf] * (n - len(arrived))
+            self.report.add(
+                "webhook delivery latency", ms_summary(latency), "",
+                f"{n:,} terminate commands at {n / sent_for:,.0f}/s to one local receiver "
+                "(aiohttp, same host); from the command entering its stream to its arrival",
+            )  # fmt: skip
+        finally:
+            daemon.stop()
+            await receiver.stop()
+            await redis.aclose()
+            valkey.stop()
+
 
 async def server_cpu(redis: Any) -> float:
     info = await redis.info("cpu")
@@ -636,8 +700,8 @@ async def main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
-    parser.add_argument("--phases", default="events,scale,peer",
-                        help="comma-separated subset of events,scale,peer")  # fmt: skip
+    parser.add_argument("--phases", default="events,scale,peer,webhooks",
+                        help="comma-separated subset of events,scale,peer,webhooks")  # fmt: skip
     parser.add_argument("--log-level", default="warning", help="the daemons' log level")
     parser.add_argument("--workdir", type=Path, default=None, help="servers' files and logs")
     args = parser.parse_args(argv)
@@ -659,6 +723,8 @@ async def main(argv: list[str]) -> int:
     if "peer" in phases:
         for live in (sizes.small, sizes.large):
             await bench.peer(live)
+    if "webhooks" in phases:
+        await bench.webhooks()
     info = machine()
     print()
     print(f"date:     {started.strftime('%Y-%m-%d %H:%M UTC')} ({time.monotonic() - t0:.0f} s)")

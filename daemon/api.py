@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import dead_letters, errors, session_list
+from daemon import dead_letters, errors, session_list, webhook_api
 from daemon.auth import ADMIN, ApiKey, Principal, bearer_token, client_address, match_key
 from daemon.console import add_console, is_console_path
 from daemon.engine import Engine
@@ -33,7 +33,9 @@ from daemon.model import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_INACTIVITY_SECONDS,
     MAX_TOP_UP_CREDITS,
+    ON_INACTIVITY,
     SOURCE_PATTERN,
+    SOURCE_RULE,
     new_session_id,
     top_up_micro,
 )
@@ -67,8 +69,10 @@ _CREATE_FIELDS = {
     "timeout_seconds",
     "inactivity_timeout_seconds",
     "auto_kill",
+    "on_inactivity",
 }
-_PATCH_FIELDS = {"timeout_seconds", "inactivity_timeout_seconds", "auto_kill"}
+_PATCH_FIELDS = {"timeout_seconds", "inactivity_timeout_seconds", "auto_kill", "on_inactivity"}
+_TOUCH_FIELDS = {"source"}
 _ACCOUNT_FIELDS = {"plan", "billing_status"}
 _TOP_UP_FIELDS = {"amount", "idempotency_key"}
 _ADMISSION_RESULT = {
@@ -393,7 +397,9 @@ async def create_session(request: web.Request) -> web.Response:
     # Other field errors are reported after the billing and concurrency checks (SPEC §2).
     session_id = body.get("session_id", new_session_id())
     id_problem = _id_problem("session_id", session_id)
-    timeout, inactivity, auto_kill, problem = _limits(body, _CREATE_FIELDS, id_problem)
+    timeout, inactivity, auto_kill, on_inactivity, problem = _limits(
+        body, _CREATE_FIELDS, id_problem
+    )
     deferred = problem or ""
     try:
         view = await store.create_session(
@@ -403,6 +409,7 @@ async def create_session(request: web.Request) -> web.Response:
             inactivity,
             auto_kill is not False,
             deferred,
+            on_inactivity or "terminate",
         )
     except errors.LifecycleError as exc:
         result = _ADMISSION_RESULT.get(type(exc))
@@ -417,19 +424,24 @@ async def create_session(request: web.Request) -> web.Response:
 
 def _limits(
     body: dict[str, Any], allowed: set[str], id_problem: str | None = None
-) -> tuple[int | None, int | None, bool | None, str | None]:
-    """``timeout_seconds``, ``inactivity_timeout_seconds``, ``auto_kill`` and the first
-    problem with the body's fields (an unknown field, then the id, then the limits in
-    order), as create and PATCH read them.
+) -> tuple[int | None, int | None, bool | None, str | None, str | None]:
+    """``timeout_seconds``, ``inactivity_timeout_seconds``, ``auto_kill``,
+    ``on_inactivity`` and the first problem with the body's fields (an unknown field,
+    then the id, then the limits in order), as create and PATCH read them.
     """
     timeout, timeout_problem = _int_field(body, "timeout_seconds", 1, None)
     inactivity, inactivity_problem = _int_field(
         body, "inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS
     )
     auto_kill, auto_kill_problem = _bool_field(body, "auto_kill")
+    on_inactivity = body.get("on_inactivity")
+    on_inactivity_problem = None
+    if "on_inactivity" in body and on_inactivity not in ON_INACTIVITY:
+        on_inactivity, on_inactivity_problem = None, "on_inactivity must be terminate or pause"
     problems = (_unknown_fields(body, allowed), id_problem, timeout_problem,
-                inactivity_problem, auto_kill_problem)  # fmt: skip
-    return timeout, inactivity, auto_kill, next((p for p in problems if p), None)
+                inactivity_problem, auto_kill_problem, on_inactivity_problem)  # fmt: skip
+    return (timeout, inactivity, auto_kill, on_inactivity,
+            next((p for p in problems if p), None))  # fmt: skip
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -438,32 +450,64 @@ async def get_session(request: web.Request) -> web.Response:
     return _view(await request.app[STORE].get_session(session_id, account=scope))
 
 
+async def _source(request: web.Request) -> str:
+    """The optional body ``{"source": ...}`` of a keepalive or activity; default ``api``."""
+    if not request.can_read_body:
+        return "api"
+    body = await _json_object(request)
+    problem = _unknown_fields(body, _TOUCH_FIELDS)
+    if problem:
+        raise errors.InvalidRequest(problem + ".")
+    source = body.get("source", "api")
+    if not isinstance(source, str) or not SOURCE_PATTERN.fullmatch(source):
+        raise errors.InvalidRequest(f"source must be {SOURCE_RULE}.")
+    return source
+
+
 async def keepalive(request: web.Request) -> web.Response:
-    session_id = _path_id(request, "session_id")
-    scope = _principal(request).account_id
-    return _view(await request.app[STORE].keepalive(session_id, account=scope))
+    return await _touch(request, activity=False)
 
 
 async def activity(request: web.Request) -> web.Response:
     """An action recorded over HTTP, as a stream ``activity`` event records it."""
+    return await _touch(request, activity=True)
+
+
+async def _touch(request: web.Request, activity: bool) -> web.Response:
     session_id = _path_id(request, "session_id")
-    source = None
-    if request.can_read_body:
-        body = await _json_object(request)
-        problem = _unknown_fields(body, {"source"})
-        source = body.get("source")
-        if (
-            problem is None
-            and "source" in body
-            and not (isinstance(source, str) and SOURCE_PATTERN.fullmatch(source))
-        ):
-            problem = "source must be 1-64 characters of [a-z0-9._-]"
-        if problem:
-            raise errors.InvalidRequest(problem + ".")
+    source = await _source(request)
     scope = _principal(request).account_id
-    view = await request.app[STORE].keepalive(
-        session_id, account=scope, activity=True, source=source
-    )
+    store = request.app[STORE]
+    return _view(await store.keepalive(session_id, account=scope, source=source, activity=activity))
+
+
+def _nudge(request: web.Request, view: SessionView) -> None:
+    """Wake the partition's expirer if the session's deadline moved nearer."""
+    record = view.record
+    pk = request.app[STORE].partition_for(record.account_id)
+    request.app[ENGINE].nudge(pk, record.terminates_at)
+
+
+async def pause(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    scope = _principal(request).account_id
+    view = await request.app[STORE].pause(session_id, account=scope)
+    if view.changed:
+        request.app[METRICS].pauses.labels(reason="requested").inc()
+        _nudge(request, view)
+        log.info("session_paused", session_id=session_id,
+                 account_id=view.record.account_id, reason="requested")  # fmt: skip
+    return _view(view)
+
+
+async def resume(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    scope = _principal(request).account_id
+    view = await request.app[STORE].resume(session_id, account=scope)
+    if view.changed:
+        request.app[METRICS].resumes.inc()
+        _nudge(request, view)
+        log.info("session_resumed", session_id=session_id, account_id=view.record.account_id)
     return _view(view)
 
 
@@ -476,15 +520,16 @@ async def timeline(request: web.Request) -> web.Response:
 async def patch_session(request: web.Request) -> web.Response:
     session_id = _path_id(request, "session_id")
     body = await _json_object(request)
-    timeout, inactivity, auto_kill, problem = _limits(body, _PATCH_FIELDS)
+    timeout, inactivity, auto_kill, on_inactivity, problem = _limits(body, _PATCH_FIELDS)
     if problem:
         raise errors.InvalidRequest(problem + ".")
     store = request.app[STORE]
     view = await store.patch_session(
-        session_id, timeout, inactivity, auto_kill, account=_principal(request).account_id
-    )
+        session_id, timeout, inactivity, auto_kill, account=_principal(request).account_id,
+        on_inactivity=on_inactivity,
+    )  # fmt: skip
     record = view.record
-    request.app[ENGINE].nudge(store.partition_for(record.account_id), record.terminates_at)
+    _nudge(request, view)
     log.info("session_updated", session_id=session_id, account_id=record.account_id,
              fields=sorted(body))  # fmt: skip
     if record.terminated:
@@ -492,6 +537,11 @@ async def patch_session(request: web.Request) -> web.Response:
         request.app[METRICS].terminations.labels(reason=reason).inc()
         log.info("session_terminated", session_id=session_id,
                  account_id=record.account_id, reason=reason)  # fmt: skip
+    elif record.paused and record.paused_at == view.now_ms:
+        # The new inactivity deadline had passed: this PATCH paused it, at its own time.
+        request.app[METRICS].pauses.labels(reason="inactivity").inc()
+        log.info("session_paused", session_id=session_id,
+                 account_id=record.account_id, reason="inactivity")  # fmt: skip
     return _view(view)
 
 
@@ -642,6 +692,8 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_delete("/v1/sessions/{session_id}", terminate)
     app.router.add_post("/v1/sessions/{session_id}/keepalive", keepalive)
     app.router.add_post("/v1/sessions/{session_id}/activity", activity)
+    app.router.add_post("/v1/sessions/{session_id}/pause", pause)
+    app.router.add_post("/v1/sessions/{session_id}/resume", resume)
     app.router.add_get("/v1/sessions/{session_id}/events", timeline)
     app.router.add_get("/v1/accounts/{account_id}", get_account)
     app.router.add_put("/v1/accounts/{account_id}", put_account)
@@ -650,4 +702,5 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     dead_letters.add_routes(app)
     add_console(app, store, engine, metrics)
     session_list.add_routes(app)
+    webhook_api.add_routes(app)
     return app

@@ -30,10 +30,11 @@ from daemon.client import (
     SessionStatus,
     TimelineEvent,
     Unauthorized,
+    WebhookNotFound,
 )
 from daemon.embedded import EmbeddedError
 from daemon.logs import configure_logging
-from daemon.model import BILLING_STATUSES, top_up_micro
+from daemon.model import BILLING_STATUSES, ON_INACTIVITY, SOURCE_RULE, top_up_micro
 from daemon.settings import ConfigError, Settings, load_settings
 
 EXIT_OK = 0
@@ -49,6 +50,7 @@ EXIT_INTERRUPTED = 130
 _EXIT_CODES: list[tuple[type[LifecycleClientError], int]] = [
     (ConnectionFailed, EXIT_UNREACHABLE),
     (SessionNotFound, EXIT_NOT_FOUND),
+    (WebhookNotFound, EXIT_NOT_FOUND),
     (PaymentRequired, EXIT_REFUSED),
     (RateLimited, EXIT_REFUSED),
     (InvalidRequest, EXIT_CONFIG),
@@ -209,9 +211,23 @@ def _moment(when: datetime | None, now: datetime, none: str = "-") -> str:
 
 
 def _deadline_kind(status: SessionStatus) -> str:
+    if status.paused:
+        return "pause limit"
     if status.terminates_at is not None and status.terminates_at == status.idle_expires_at:
-        return "inactivity"
+        return "pause on inactivity" if status.on_inactivity == "pause" else "inactivity"
     return "max lifetime"
+
+
+def _next_deadline(status: SessionStatus) -> str:
+    """``in 4m 12s (inactivity)``; a pause without a limit has no deadline."""
+    if status.remaining_seconds is None:
+        return "never (paused; the plan's pauses do not end)"
+    # The server computed remaining_seconds on its clock; ours may disagree a little.
+    return f"{relative(status.remaining_seconds)} ({_deadline_kind(status)})"
+
+
+def _duration(seconds: float) -> str:
+    return relative(seconds).removeprefix("in ") if round(seconds) else "0s"
 
 
 def _print_rows(rows: list[tuple[str, str]]) -> None:
@@ -237,17 +253,24 @@ def _print_status(status: SessionStatus) -> None:
         # When and why it ended; its deadlines no longer mean anything.
         rows.append(("ended", _moment(status.terminated_at, now)))
         rows.append(("reason", str(status.termination_reason)))
+    elif status.paused:
+        rows.append(("paused", _moment(status.paused_at, now)))
+        rows.append(("pause ends", _moment(status.pause_expires_at, now, none="never")))
+        rows.append(("terminates", _next_deadline(status)))
     else:
         rows.append(("expires", _moment(status.expires_at, now)))
         rows.append(("idle expires", _moment(status.idle_expires_at, now)))
-        # The server computed remaining_seconds on its clock; ours may disagree a little.
-        rows.append(
-            ("terminates", f"{relative(status.remaining_seconds)} ({_deadline_kind(status)})")
-        )
+        rows.append(("terminates", _next_deadline(status)))
+    # Why it is alive: what acted last, how often, and where its time went.
+    source = status.last_activity_source or "-"
     rows += [
-        ("max lifetime", f"{status.max_lifetime_seconds} s"),
+        ("activity", f"{status.activity_count} (last from {source})"),
+        ("running time", _duration(status.running_seconds_total)),
+        ("paused time", _duration(status.paused_seconds_total)),
+        ("max lifetime", f"{status.max_lifetime_seconds} s of running time"),
         ("inactivity timeout", f"{status.inactivity_timeout_seconds} s"),
         ("auto kill", "yes" if status.auto_kill else "no"),
+        ("on inactivity", status.on_inactivity),
     ]
     _print_rows(rows)
 
@@ -299,6 +322,7 @@ async def api_create(client: LifecycleClient, args: argparse.Namespace) -> int:
         timeout_seconds=args.timeout,
         inactivity_timeout_seconds=args.inactivity_timeout,
         auto_kill=False if args.no_auto_kill else None,
+        on_inactivity=args.on_inactivity,
     )
     return _show(status, args)
 
@@ -315,19 +339,28 @@ async def api_activity(client: LifecycleClient, args: argparse.Namespace) -> int
     return _show(await client.activity(args.session_id, args.source), args)
 
 
+async def api_pause(client: LifecycleClient, args: argparse.Namespace) -> int:
+    return _show(await client.pause(args.session_id), args)
+
+
+async def api_resume(client: LifecycleClient, args: argparse.Namespace) -> int:
+    return _show(await client.resume(args.session_id), args)
+
+
 async def api_extend(client: LifecycleClient, args: argparse.Namespace) -> int:
     status = await client.update(
         args.session_id,
         timeout_seconds=args.timeout,
         inactivity_timeout_seconds=args.inactivity_timeout,
         auto_kill=args.auto_kill,
+        on_inactivity=args.on_inactivity,
     )
     return _show(status, args)
 
 
 async def api_keepalive(client: LifecycleClient, args: argparse.Namespace) -> int:
     if args.every is None:
-        return _show(await client.keepalive(args.session_id), args)
+        return _show(await client.keepalive(args.session_id, args.source), args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Stopping is how a wrapping script ends the loop (kill or Ctrl-C): a success.
@@ -337,7 +370,7 @@ async def api_keepalive(client: LifecycleClient, args: argparse.Namespace) -> in
         first = True
         while not stop.is_set():
             try:
-                _print_kept_alive(await client.keepalive(args.session_id), args)
+                _print_kept_alive(await client.keepalive(args.session_id, args.source), args)
             except (ConnectionFailed, ServiceUnavailable) as exc:
                 if first:
                     raise
@@ -356,11 +389,7 @@ def _print_kept_alive(status: SessionStatus, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(status.raw), flush=True)
     else:
-        print(
-            f"{status.session_id} kept alive; terminates {relative(status.remaining_seconds)} "
-            f"({_deadline_kind(status)})",
-            flush=True,
-        )
+        print(f"{status.session_id} kept alive; terminates {_next_deadline(status)}", flush=True)
 
 
 def _timeline_line(event: TimelineEvent, now: datetime) -> str:
@@ -413,7 +442,7 @@ async def api_sessions(client: LifecycleClient, args: argparse.Namespace) -> int
                 s.status,
                 s.plan,
                 relative((s.created_at - now).total_seconds()),
-                f"{relative(s.remaining_seconds)} ({_deadline_kind(s)})",
+                _next_deadline(s),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -452,6 +481,9 @@ def _amount(text: str) -> Decimal:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return Decimal(text)
+
+
+SOURCE_HELP = f"what acted: {SOURCE_RULE}"
 
 
 def _entry(args: argparse.Namespace) -> tuple[int, str]:
@@ -553,6 +585,9 @@ def _add_api_commands(sub: Any) -> None:
     create.add_argument(
         "--no-auto-kill", action="store_true", help="do not terminate on inactivity"
     )
+    create.add_argument(
+        "--on-inactivity", choices=ON_INACTIVITY, help="what inactivity does (default terminate)"
+    )
 
     status = command("status", "show a session", api_status)
     status.add_argument("session_id", metavar="ID")
@@ -567,13 +602,20 @@ def _add_api_commands(sub: Any) -> None:
         metavar="S",
         help="send a keepalive every S seconds until SIGINT or SIGTERM (then exit 0)",
     )
+    keepalive.add_argument("--source", metavar="S", help=SOURCE_HELP)
 
     activity = command(
         "activity", "record an action on a session (a ready session becomes running)",
         api_activity,
     )  # fmt: skip
     activity.add_argument("session_id", metavar="ID")
-    activity.add_argument("--source", metavar="S", help="what acted: 1-64 of [a-z0-9._-]")
+    activity.add_argument("--source", metavar="S", help=SOURCE_HELP)
+
+    pause = command("pause", "pause a session (its lifetime stops counting)", api_pause)
+    pause.add_argument("session_id", metavar="ID")
+
+    resume = command("resume", "resume a paused session (admitted like a create)", api_resume)
+    resume.add_argument("session_id", metavar="ID")
 
     extend = command(
         "extend", "change a live session's limits (max lifetime within the plan)", api_extend
@@ -587,6 +629,7 @@ def _add_api_commands(sub: Any) -> None:
         "--auto-kill", action=argparse.BooleanOptionalAction, default=None,
         help="terminate on inactivity (--no-auto-kill: only at the max lifetime)",
     )  # fmt: skip
+    extend.add_argument("--on-inactivity", choices=ON_INACTIVITY, help="what inactivity does")
 
     events = command("events", "show a session's timeline", api_events)
     events.add_argument("session_id", metavar="ID")
@@ -622,6 +665,10 @@ def _add_api_commands(sub: Any) -> None:
         one = command(name, help, action, dead_sub)
         one.add_argument("entry", metavar="ENTRY", help="PARTITION:ID as listed, or ID")
         one.add_argument("--partition", type=int, metavar="P", help="the ID's partition (0)")
+
+    from daemon import webhook_cli
+
+    webhook_cli.add_commands(sub, common, _api_command)
 
     account = command("account", "show an account, or set its plan and billing status", api_account)
     account.add_argument("account", metavar="ACCOUNT")

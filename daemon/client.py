@@ -59,6 +59,10 @@ __all__ = [
     "SessionTerminated",
     "TimelineEvent",
     "Unauthorized",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookNotFound",
+    "WebhookTest",
 ]
 
 # Models
@@ -90,21 +94,30 @@ class SessionStatus(_ApiModel):
     session_id: str
     account_id: str
     plan: str
-    status: Literal["ready", "running", "terminated"]
+    status: Literal["ready", "running", "paused", "terminated"]
     created_at: datetime
-    expires_at: datetime
+    expires_at: datetime | None  # None while paused
     idle_expires_at: datetime | None
     last_activity_at: datetime
     max_lifetime_seconds: int
     inactivity_timeout_seconds: int
     auto_kill: bool
     terminates_at: datetime | None
-    remaining_seconds: float
+    remaining_seconds: float | None  # None while paused with no pause limit
     terminated_at: datetime | None
     termination_reason: (
-        Literal["max_lifetime", "inactivity", "requested", "billing", "external"] | None
+        Literal["max_lifetime", "inactivity", "requested", "billing", "external", "paused_timeout"]
+        | None
     )
     credits_used: float = 0  # prepaid credits the session consumed (SPEC §7)
+    # Pause and why-alive (SPEC §8); the defaults are what a 0.2 server's answer means.
+    on_inactivity: Literal["terminate", "pause"] = "terminate"
+    paused_at: datetime | None = None
+    pause_expires_at: datetime | None = None
+    paused_seconds_total: float = 0.0
+    running_seconds_total: float = 0.0
+    last_activity_source: str | None = None
+    activity_count: int = 0
 
     @field_validator(
         "created_at",
@@ -113,6 +126,8 @@ class SessionStatus(_ApiModel):
         "last_activity_at",
         "terminates_at",
         "terminated_at",
+        "paused_at",
+        "pause_expires_at",
     )
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
@@ -121,6 +136,10 @@ class SessionStatus(_ApiModel):
     @property
     def terminated(self) -> bool:
         return self.status == "terminated"
+
+    @property
+    def paused(self) -> bool:
+        return self.status == "paused"
 
 
 class TimelineEvent(_ApiModel):
@@ -169,6 +188,51 @@ class Account(_ApiModel):
     usage: Usage = Field(default_factory=lambda: Usage())
 
     @field_validator("depletes_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+
+class Webhook(_ApiModel):
+    """A webhook endpoint (SPEC §9); ``secret`` only in the answer that created it."""
+
+    webhook_id: str
+    url: str
+    types: list[str]
+    account_id: str | None
+    secret: str | None = None
+    deliveries_removed: int | None = None  # in the answer to a removal
+
+
+class WebhookTest(_ApiModel):
+    """What an endpoint answered to a test message: ``status`` None without an answer."""
+
+    webhook_id: str
+    message_id: str
+    delivered: bool
+    status: int | None
+    error: str | None
+    duration_ms: int
+
+
+class WebhookDelivery(_ApiModel):
+    """A pending or dead delivery of a command to an endpoint; ``delivery_id`` is the
+    ``webhook-id`` every attempt carries."""
+
+    delivery_id: str
+    webhook_id: str
+    partition: int
+    entry_id: str
+    type: str
+    state: Literal["pending", "dead"]
+    attempts: int
+    last_error: str | None
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    dead_at: datetime | None
+    data: dict[str, Any]
+
+    @field_validator("last_attempt_at", "next_attempt_at", "dead_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         return None if value is None else value.astimezone(UTC)
@@ -262,6 +326,10 @@ class Forbidden(LifecycleClientError):
     """403: the API key's role may not do this (e.g. ``PUT`` an account without admin)."""
 
 
+class WebhookNotFound(LifecycleClientError):
+    """404: no such webhook endpoint, or no such dead delivery of it."""
+
+
 class ServiceUnavailable(LifecycleClientError):
     """503: the daemon cannot reach Redis right now."""
 
@@ -280,6 +348,8 @@ _ERRORS: dict[tuple[int, str | None], type[LifecycleClientError]] = {
     (401, None): Unauthorized,
     (402, None): PaymentRequired,
     (403, None): Forbidden,
+    (404, "webhook_not_found"): WebhookNotFound,
+    (404, "delivery_not_found"): WebhookNotFound,
     (404, None): SessionNotFound,
     (409, "session_terminated"): SessionTerminated,
     (409, None): Conflict,
@@ -464,6 +534,7 @@ class LifecycleClient:
         timeout_seconds: int | None = None,
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
+        on_inactivity: Literal["terminate", "pause"] | None = None,
     ) -> SessionStatus:
         """``POST /v1/sessions``; unset arguments take the server's defaults."""
         body = _without_none(
@@ -472,6 +543,7 @@ class LifecycleClient:
             timeout_seconds=timeout_seconds,
             inactivity_timeout_seconds=inactivity_timeout_seconds,
             auto_kill=auto_kill,
+            on_inactivity=on_inactivity,
         )
         result: SessionStatus = await self._status("POST", "/v1/sessions", body)
         return result
@@ -480,17 +552,27 @@ class LifecycleClient:
         result: SessionStatus = await self._status("GET", _session_path(session_id))
         return result
 
-    async def keepalive(self, session_id: str) -> SessionStatus:
-        path = _session_path(session_id) + "/keepalive"
-        result: SessionStatus = await self._status("POST", path)
+    async def _touch(self, session_id: str, route: str, source: str | None) -> SessionStatus:
+        body = None if source is None else {"source": source}
+        result: SessionStatus = await self._status("POST", _session_path(session_id) + route, body)
         return result
+
+    async def keepalive(self, session_id: str, source: str | None = None) -> SessionStatus:
+        """Push the inactivity deadline back; ``source`` says what kept it alive."""
+        return await self._touch(session_id, "/keepalive", source)
 
     async def activity(self, session_id: str, source: str | None = None) -> SessionStatus:
         """Record an action: like a keepalive, and a ``ready`` session becomes ``running``."""
-        path = _session_path(session_id) + "/activity"
-        body = None if source is None else {"source": source}
-        result: SessionStatus = await self._status("POST", path, body)
-        return result
+        return await self._touch(session_id, "/activity", source)
+
+    async def pause(self, session_id: str) -> SessionStatus:
+        """Pause (a paused session: no-op); the lifetime stops counting until resumed."""
+        return await self._touch(session_id, "/pause", None)
+
+    async def resume(self, session_id: str) -> SessionStatus:
+        """Resume a paused session (a running one: no-op); admitted like a create, so it
+        may raise :class:`PaymentRequired` or :class:`RateLimited` (``retry_after``)."""
+        return await self._touch(session_id, "/resume", None)
 
     async def update(
         self,
@@ -499,12 +581,14 @@ class LifecycleClient:
         timeout_seconds: int | None = None,
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
+        on_inactivity: Literal["terminate", "pause"] | None = None,
     ) -> SessionStatus:
         """``PATCH`` the given fields; the others stay as they are."""
         body = _without_none(
             timeout_seconds=timeout_seconds,
             inactivity_timeout_seconds=inactivity_timeout_seconds,
             auto_kill=auto_kill,
+            on_inactivity=on_inactivity,
         )
         result: SessionStatus = await self._status("PATCH", _session_path(session_id), body)
         return result
@@ -589,6 +673,51 @@ class LifecycleClient:
         except ValidationError as exc:
             raise _bad_answer(path, exc) from None
 
+    # Webhook endpoints (admin)
+
+    async def webhooks(self) -> list[Webhook]:
+        """The webhook endpoints, without their secrets."""
+        return await self._list("/v1/webhooks", "webhooks", Webhook)
+
+    async def add_webhook(
+        self, url: str, *, types: list[str] | None = None, account_id: str | None = None
+    ) -> Webhook:
+        """Add an endpoint for ``types`` (default all) of ``account_id`` (default every
+        account); the answer holds its ``secret``, shown only this once."""
+        body = _without_none(url=url, types=types, account_id=account_id)
+        return await self._model("POST", "/v1/webhooks", Webhook, body)
+
+    async def webhook(self, webhook_id: str) -> Webhook:
+        return await self._model("GET", _webhook_path(webhook_id), Webhook)
+
+    async def remove_webhook(self, webhook_id: str) -> Webhook:
+        """Remove an endpoint and its pending and dead deliveries."""
+        return await self._model("DELETE", _webhook_path(webhook_id), Webhook)
+
+    async def test_webhook(self, webhook_id: str) -> WebhookTest:
+        """Send the endpoint one signed ``test`` message now; what it answered."""
+        return await self._model("POST", _webhook_path(webhook_id) + "/test", WebhookTest)
+
+    async def webhook_deliveries(
+        self, webhook_id: str, state: Literal["dead", "pending"] = "dead", limit: int = 100
+    ) -> list[WebhookDelivery]:
+        path = _webhook_path(webhook_id) + f"/deliveries?state={state}&limit={limit}"
+        return await self._list(path, "deliveries", WebhookDelivery)
+
+    async def replay_webhook_delivery(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
+        """Make a dead delivery due again now, with a fresh count of attempts."""
+        path = _webhook_path(webhook_id) + f"/deliveries/{quote(delivery_id, safe='')}/replay"
+        return await self._model("POST", path, WebhookDelivery)
+
+    async def _model(
+        self, method: str, path: str, model: type[_M], body: dict[str, Any] | None = None
+    ) -> _M:
+        data = await self._request(method, path, body)
+        try:
+            return model.from_api(data)
+        except ValidationError as exc:
+            raise _bad_answer(path, exc) from None
+
     # Dead letters (admin)
 
     async def dead_letters(
@@ -624,6 +753,7 @@ class LifecycleClient:
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
         keepalive_every: float | None = None,
+        on_inactivity: Literal["terminate", "pause"] | None = None,
         cancel_on_terminate: bool = False,
     ) -> AsyncIterator[ManagedSession]:
         """Create a session for the block, keep it alive, and terminate it on the way out.
@@ -646,6 +776,7 @@ class LifecycleClient:
                 timeout_seconds=timeout_seconds,
                 inactivity_timeout_seconds=inactivity_timeout_seconds,
                 auto_kill=auto_kill,
+                on_inactivity=on_inactivity,
             )
         )
         try:
@@ -778,8 +909,8 @@ class ManagedSession:
         self._learned(await self.client.status(self.session_id))
         return self.last_status
 
-    async def keepalive(self) -> SessionStatus:
-        return await self._update(self.client.keepalive(self.session_id))
+    async def keepalive(self, source: str | None = None) -> SessionStatus:
+        return await self._update(self.client.keepalive(self.session_id, source))
 
     async def activity(self, source: str | None = None) -> SessionStatus:
         return await self._update(self.client.activity(self.session_id, source))
@@ -847,6 +978,12 @@ class ManagedSession:
             session=status,
         )
 
+    async def pause(self) -> SessionStatus:
+        return await self._update(self.client.pause(self.session_id))
+
+    async def resume(self) -> SessionStatus:
+        return await self._update(self.client.resume(self.session_id))
+
 
 def _session_path(session_id: str) -> str:
     return "/v1/sessions/" + quote(session_id, safe="")
@@ -858,6 +995,10 @@ def _dead_letter_path(partition: int, entry_id: str) -> str:
 
 def _account_path(account_id: str) -> str:
     return "/v1/accounts/" + quote(account_id, safe="")
+
+
+def _webhook_path(webhook_id: str) -> str:
+    return "/v1/webhooks/" + quote(webhook_id, safe="")
 
 
 def _without_none(**fields: Any) -> dict[str, Any]:

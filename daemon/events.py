@@ -17,13 +17,23 @@ from daemon.model import (
     ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_INACTIVITY_SECONDS,
+    ON_INACTIVITY,
     SOURCE_PATTERN,
+    SOURCE_RULE,
     top_up_micro,
 )
 
 EVENT_TYPES = (
-    "created", "activity", "keepalive", "terminate", "terminated", "billing", "credits"
-)  # fmt: skip
+    "created",
+    "activity",
+    "keepalive",
+    "terminate",
+    "terminated",
+    "billing",
+    "pause",
+    "resume",
+    "credits",
+)
 
 _OPS = {
     "created": "C",
@@ -32,6 +42,8 @@ _OPS = {
     "terminate": "T",
     "terminated": "X",
     "billing": "B",
+    "pause": "P",
+    "resume": "R",
     "credits": "M",
 }
 _REQUIRED = {
@@ -41,6 +53,8 @@ _REQUIRED = {
     "terminate": ("session_id", "account_id"),
     "terminated": ("session_id", "account_id"),
     "billing": ("account_id", "billing_status"),
+    "pause": ("session_id", "account_id"),
+    "resume": ("session_id", "account_id"),
     "credits": ("account_id", "amount", "idempotency_key"),
 }
 _DIGITS = re.compile(r"[0-9]{1,64}")
@@ -153,12 +167,16 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
                     f"field auto_kill must be true, false, 1 or 0, got {fields['auto_kill'][:40]!r}"
                 )
         plan = _choice(fields, "plan", plans, "a known plan") if "plan" in fields else ""
-        return kind, [session, account, timeout, inactivity, auto_kill, plan]
+        on_inactivity = ""
+        if "on_inactivity" in fields:
+            chosen = _choice(fields, "on_inactivity", ON_INACTIVITY, "terminate or pause")
+            on_inactivity = "p" if chosen == "pause" else ""
+        return kind, [session, account, timeout, inactivity, auto_kill, plan, on_inactivity]
     if kind in ("activity", "keepalive"):
         ts = str(min(_int(fields, "ts", 0), _TS_CAP)) if "ts" in fields else ""
         source = fields.get("source", "")
-        if source and not SOURCE_PATTERN.fullmatch(source):
-            raise InvalidEvent("field source must be 1-64 characters of [a-z0-9._-]")
+        if "source" in fields and not SOURCE_PATTERN.fullmatch(source):
+            raise InvalidEvent(f"field source must be {SOURCE_RULE}, got {source[:40]!r}")
         return kind, [session, account, ts, source]
     if kind == "terminate":
         reason = "requested"
@@ -188,10 +206,10 @@ def _fast_touch(eid: str, fields: Mapping[bytes, bytes]) -> ParsedEvent | None:
         session is None
         or account is None
         or len(fields) != 3 + (ts is not None) + (source is not None)
-        or (source is not None and not _SOURCE_BYTES.fullmatch(source))
         or not _ID_BYTES.fullmatch(session)
         or not _ID_BYTES.fullmatch(account)
         or (ts is not None and (len(ts) > 15 or not _DIGITS_BYTES.fullmatch(ts)))
+        or (source is not None and not _SOURCE_BYTES.fullmatch(source))
     ):
         return None  # the full check below accepts it or names the problem
     return ParsedEvent(eid, kind[0], [kind[1], 4, session, account, ts or b"", source or b""])

@@ -12,6 +12,9 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:tl:<session>`` list, the session's timeline (JSON entries, capped; SPEC §9)
 - ``P:{p}:a:<account>``  hash, account record: plan, billing status
 - ``P:{p}:live:<acct>``  set of the account's live session ids (admission)
+- ``P:{p}:ct:<session>`` string, the creation token of the HTTP request that created the
+                         session; lets a create whose reply was lost be sent again and
+                         answered with that session (expires after a minute)
 - ``P:{p}:lease``        string, the replica that consumes the partition now
 - ``P:{p}:rl:<account>:<limit>``  string, the theoretical arrival time (ms) of the
                          account's GCRA rate limit ``requests`` or ``creates`` (SPEC §6);
@@ -20,6 +23,8 @@ Per partition (``P`` = ``key_prefix``):
                          j the command's fields (JSON), n attempts made, r last error
 - ``P:{p}:wh:due:<webhook>``  sorted set, the endpoint's deliveries -> next attempt (ms)
 - ``P:{p}:wh:dead:<webhook>`` sorted set, the endpoint's dead deliveries -> time (ms)
+- ``P:{p}:wh:gone:<webhook>`` string, set for an hour when the endpoint is removed: no
+                         delivery is made for it while it lasts
 - ``P:{p}:depletions``   sorted set, metered account -> its depletion moment (ms)
 - ``P:{p}:lowbal``       sorted set, metered account -> time of its ``low_balance`` warning
 - ``P:{p}:consumed``     string, micro-credits consumed in the partition in all
@@ -99,6 +104,10 @@ class PartitionKeys:
     def webhook_dead(self, webhook_id: str) -> str:
         return self.base + "wh:dead:" + webhook_id
 
+    def webhook_gone(self, webhook_id: str) -> str:
+        """Marks a removed endpoint (built in webhook_remove.lua and webhook_enqueue.lua)."""
+        return self.base + "wh:gone:" + webhook_id
+
     def delivery(self, member: str) -> str:
         return self.base + "wh:d:" + member
 
@@ -126,6 +135,10 @@ class PartitionKeys:
 
     def account(self, account_id: str) -> str:
         return self.base + "a:" + account_id
+
+    def create_token(self, session_id: str) -> str:
+        """The creation token of the request that created the session (create_session.lua)."""
+        return self.base + "ct:" + session_id
 
     def live(self, account_id: str) -> str:
         return self.base + "live:" + account_id

@@ -15,12 +15,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from daemon import __version__
 from daemon.events import EVENT_TYPES
 from daemon.keys import GROUP, PartitionKeys
-from daemon.model import MICRO, TERMINATION_REASONS
+from daemon.model import MICRO, PAUSE_REASONS, TERMINATION_REASONS
 
 # The `_created` series would double every counter and histogram and nobody reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-IGNORED_REASONS = ("unknown_session", "terminated", "stale")
+IGNORED_REASONS = ("unknown_session", "terminated", "stale", "paused", "not_paused")
 ADMISSION_RESULTS = (
     "admitted",
     "payment_required",
@@ -60,6 +60,10 @@ class Metrics:
         self.terminations = Counter(
             "lifecycle_terminations", "Sessions terminated, by reason.", ["reason"], registry=r
         )
+        self.pauses = Counter(
+            "lifecycle_pauses", "Sessions paused, by reason.", ["reason"], registry=r
+        )
+        self.resumes = Counter("lifecycle_resumes", "Paused sessions resumed.", registry=r)
         self.admissions = Counter(
             "lifecycle_admissions", "Session creations, by admission result.", ["result"],
             registry=r,
@@ -82,7 +86,7 @@ class Metrics:
             registry=r,
         )
         self.sessions_live = Gauge(
-            "lifecycle_sessions_live", "Live (ready or running) sessions, read from Redis.",
+            "lifecycle_sessions_live", "Sessions not terminated (paused included), from Redis.",
             registry=r,
         )  # fmt: skip
         self.expiry_lateness = Histogram(
@@ -135,6 +139,8 @@ class Metrics:
             self.terminations.labels(reason=reason)
         for result in ADMISSION_RESULTS:
             self.admissions.labels(result=result)
+        for reason in PAUSE_REASONS:
+            self.pauses.labels(reason=reason)
         for limit in RATE_LIMITS:
             self.rate_limited.labels(limit=limit)
 
@@ -177,8 +183,14 @@ class Metrics:
             head, _, detail = outcome.partition(":")
             if head == "ignored":
                 self.events_ignored.labels(reason=detail).inc(n)
+            elif head == "rejected" and kind == "resume":
+                continue  # a refused resume: not a session creation
             elif head == "rejected":
                 self.admissions.labels(result=ADMISSION_BY_CODE[detail]).inc(n)
+            elif head == "paused":
+                self.pauses.labels(reason=detail).inc(n)
+            elif head == "resumed":
+                self.resumes.inc(n)
             elif kind == "created":
                 self.admissions.labels(result="admitted").inc(n)
             elif head == "ended" and kind == "billing":

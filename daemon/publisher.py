@@ -40,6 +40,8 @@ __all__ = [
     "InvalidEvent",
     "Keepalive",
     "PartitionsUnknown",
+    "Pause",
+    "Resume",
     "Terminate",
     "Terminated",
 ]
@@ -89,6 +91,7 @@ class Created(Event):
     inactivity_timeout_seconds: int | None = None
     auto_kill: bool | None = None
     plan: str | None = None
+    on_inactivity: str | None = None  # "terminate" or "pause"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +99,7 @@ class Activity(Event):
     type: ClassVar[str] = "activity"
     session_id: str
     ts: Timestamp | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +107,19 @@ class Keepalive(Event):
     type: ClassVar[str] = "keepalive"
     session_id: str
     ts: Timestamp | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pause(Event):
+    type: ClassVar[str] = "pause"
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume(Event):
+    type: ClassVar[str] = "resume"
+    session_id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +247,7 @@ class EventPublisher:
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
         plan: str | None = None,
+        on_inactivity: str | None = None,
     ) -> str:
         return await self.publish(
             Created(
@@ -239,18 +257,39 @@ class EventPublisher:
                 inactivity_timeout_seconds=inactivity_timeout_seconds,
                 auto_kill=auto_kill,
                 plan=plan,
+                on_inactivity=on_inactivity,
             )
         )
 
     async def activity(
-        self, session_id: str, account_id: str, *, ts: Timestamp | None = None
+        self,
+        session_id: str,
+        account_id: str,
+        *,
+        ts: Timestamp | None = None,
+        source: str | None = None,
     ) -> str:
-        return await self.publish(Activity(session_id=session_id, account_id=account_id, ts=ts))
+        return await self.publish(
+            Activity(session_id=session_id, account_id=account_id, ts=ts, source=source)
+        )
 
     async def keepalive(
-        self, session_id: str, account_id: str, *, ts: Timestamp | None = None
+        self,
+        session_id: str,
+        account_id: str,
+        *,
+        ts: Timestamp | None = None,
+        source: str | None = None,
     ) -> str:
-        return await self.publish(Keepalive(session_id=session_id, account_id=account_id, ts=ts))
+        return await self.publish(
+            Keepalive(session_id=session_id, account_id=account_id, ts=ts, source=source)
+        )
+
+    async def pause(self, session_id: str, account_id: str) -> str:
+        return await self.publish(Pause(session_id=session_id, account_id=account_id))
+
+    async def resume(self, session_id: str, account_id: str) -> str:
+        return await self.publish(Resume(session_id=session_id, account_id=account_id))
 
     async def terminate(
         self, session_id: str, account_id: str, *, reason: str | None = None

@@ -18,6 +18,8 @@ SCRIPT_NAMES = (
     "create_session",
     "get_session",
     "keepalive",
+    "pause_session",
+    "resume_session",
     "terminate_session",
     "patch_session",
     "get_account",
@@ -38,6 +40,9 @@ SCRIPT_NAMES = (
     "webhook_enqueue",
     "webhook_claim",
     "webhook_finish",
+    "webhook_remove",
+    "webhook_deliveries",
+    "webhook_replay",
 )
 
 

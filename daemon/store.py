@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import secrets
@@ -16,6 +17,7 @@ from daemon.events import ParsedEvent
 from daemon.keys import GROUP, PartitionKeys, partition_of
 from daemon.model import SessionRecord, credits, rfc3339
 from daemon.plans import Plan, encode_plans
+from daemon.redis_client import TRANSIENT_ERRORS
 from daemon.scripts import AsyncScript, register_all
 from daemon.settings import Settings
 
@@ -24,7 +26,7 @@ from daemon.settings import Settings
 class SessionView:
     record: SessionRecord
     now_ms: int
-    changed: bool = False  # terminate: this call ended the session
+    changed: bool = False  # terminate, pause, resume: this call made the change
     wake_ms: int | None = None  # create: the earliest time the expirer must look
 
     def status_object(self) -> dict[str, Any]:
@@ -103,6 +105,11 @@ class RateLimitResult:
         return [limit for limit in self.limits if limit.remaining == 0]
 
 
+# A create whose reply was lost is sent again after these pauses (seconds) with the same
+# creation token, which create_session.lua keeps this long (ms).
+CREATE_RETRY_DELAYS = (0.1,)
+CREATE_TOKEN_TTL_MS = 60_000
+
 # Failed-authentication blocking (SPEC §4): this many failures within the window.
 AUTH_FAILURE_LIMIT = 10
 AUTH_FAILURE_WINDOW_MS = 600_000
@@ -123,6 +130,8 @@ class ExpireResult:
     held: bool
     warned: int
     by_inactivity: int
+    by_paused_timeout: int
+    paused: int  # paused at their inactivity deadline (on_inactivity = pause)
     by_billing: int  # sessions ended at depletions
     depletions: int
     low_balance_warned: int
@@ -245,20 +254,33 @@ class Store:
         inactivity_timeout_seconds: int | None,
         auto_kill: bool,
         deferred_error: str = "",
+        on_inactivity: str = "terminate",
     ) -> SessionView:
         """Admit and create a session; raises the SPEC §2 refusals in their order."""
         if len(self.partitions) > 1 and await self._locate(session_id) is not None:
             raise errors.SessionExists(f"Session {session_id} already exists.")
-        reply = await self._call(
-            "create_session",
-            self.partition_for(account_id),
+        args = (
             session_id,
             account_id,
             "" if timeout_seconds is None else timeout_seconds,
             "" if inactivity_timeout_seconds is None else inactivity_timeout_seconds,
             "1" if auto_kill else "0",
             deferred_error,
+            "p" if on_inactivity == "pause" else "",
+            secrets.token_hex(8),  # this request's creation token
+            CREATE_TOKEN_TTL_MS,
         )
+        for delay in (*CREATE_RETRY_DELAYS, None):
+            try:
+                reply = await self._call("create_session", self.partition_for(account_id), *args)
+                break
+            except TRANSIENT_ERRORS as exc:
+                # The call may have run and only its reply been lost: the same token makes
+                # the next attempt answer with the session it created, not 409.
+                if delay is None:
+                    raise
+                log.info("create_session_retried", session_id=session_id, error=str(exc))
+                await asyncio.sleep(delay)
         code = int(reply[0])
         if code == -402:
             raise errors.PaymentRequired(_text(reply[1]))
@@ -301,6 +323,8 @@ class Store:
         code = int(reply[0])
         if code == -402:
             raise errors.PaymentRequired(_text(reply[1]))
+        if code == -429:
+            raise errors.ConcurrentSessionLimit(int(reply[1]))
         if code == -409:
             raise errors.SessionTerminated(f"Session {session_id} is terminated.")
         return _view(session_id, reply)
@@ -318,12 +342,20 @@ class Store:
     ) -> SessionView:
         """A keepalive, or with ``activity`` an action (``ready`` → ``running``).
 
-        ``source``: what acted, as the timeline shows it (default ``api``).
+        ``source``: what acted, as the status and the timeline show it (default ``api``).
         """
         return await self._by_id(
             "keepalive", session_id, GROUP, "1" if activity else "0", source or "",
             account=account,
         )  # fmt: skip
+
+    async def pause(self, session_id: str, account: str | None = None) -> SessionView:
+        """Pause; ``changed`` is false when it was paused already."""
+        return await self._by_id("pause_session", session_id, GROUP, account=account)
+
+    async def resume(self, session_id: str, account: str | None = None) -> SessionView:
+        """Resume, admitted like a create; ``changed`` is false when it was not paused."""
+        return await self._by_id("resume_session", session_id, GROUP, account=account)
 
     async def terminate(
         self, session_id: str, reason: str = "requested", account: str | None = None
@@ -337,6 +369,7 @@ class Store:
         inactivity_timeout_seconds: int | None = None,
         auto_kill: bool | None = None,
         account: str | None = None,
+        on_inactivity: str | None = None,
     ) -> SessionView:
         """Change a live session's limits; ``None`` leaves a field as it is."""
         pk = await self._locate(session_id)
@@ -350,6 +383,7 @@ class Store:
                 "" if inactivity_timeout_seconds is None else inactivity_timeout_seconds,
                 "" if auto_kill is None else ("1" if auto_kill else "0"),
                 account or "",
+                "" if on_inactivity is None else on_inactivity[0],
             )
         if reply is None or int(reply[0]) == -404:
             raise errors.SessionNotFound(f"No session {session_id}.")
@@ -557,8 +591,10 @@ class Store:
             held=int(reply[3]) == 1,
             warned=int(reply[4]),
             by_inactivity=int(reply[5]),
-            by_billing=int(reply[6]),
-            depletions=int(reply[7]),
-            low_balance_warned=int(reply[8]),
-            lateness_ms=[int(v) for v in reply[9:]],
+            by_paused_timeout=int(reply[6]),
+            paused=int(reply[7]),
+            by_billing=int(reply[8]),
+            depletions=int(reply[9]),
+            low_balance_warned=int(reply[10]),
+            lateness_ms=[int(v) for v in reply[11:]],
         )

@@ -52,9 +52,14 @@ def endpoint_problem(body: dict[str, Any]) -> str | None:
     url = body.get("url")
     if not isinstance(url, str) or len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
         return f"url must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "url must be an http:// or https:// URL with a host"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises for a port that is not a number in range
+        scheme, host = parts.scheme, parts.hostname
+    except ValueError:
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
+        return "url must be an http:// or https:// URL with a host (and a valid port)"
     types = body.get("types", list(COMMAND_TYPES))
     if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
         return f"types must be a non-empty list of {', '.join(COMMAND_TYPES)}"
@@ -90,6 +95,10 @@ class Endpoints:
             endpoint = Endpoint(**json.loads(value))
             out[endpoint.webhook_id] = endpoint
         return dict(sorted(out.items()))
+
+    async def get(self, webhook_id: str) -> Endpoint | None:
+        raw = await self.redis.hget(self.key, webhook_id)
+        return None if raw is None else Endpoint(**json.loads(raw))
 
     async def remove(self, webhook_id: str) -> bool:
         return bool(await self.redis.hdel(self.key, webhook_id))

@@ -50,6 +50,8 @@ class Claimed:
 class ClaimResult:
     now_ms: int
     next_due_ms: int | None
+    backlog: int  # the named endpoints' deliveries in the partition, not delivered nor dead
+    dead: int  # and their dead deliveries
     claimed: list[Claimed]
 
 
@@ -79,7 +81,7 @@ class WebhookStore:
         for webhook_id, room in rooms.items():
             args += [webhook_id, room]
         reply = await self.store._call("webhook_claim", pk, *args)
-        rest = reply[2:]
+        rest = reply[4:]
         claimed = [
             Claimed(
                 _text(rest[i]),
@@ -91,7 +93,8 @@ class WebhookStore:
             for i in range(0, len(rest), 5)
         ]
         next_due = int(reply[1])
-        return ClaimResult(int(reply[0]), next_due if next_due >= 0 else None, claimed)
+        return ClaimResult(int(reply[0]), next_due if next_due >= 0 else None,
+                           int(reply[2]), int(reply[3]), claimed)  # fmt: skip
 
     async def finish(
         self,
@@ -108,3 +111,71 @@ class WebhookStore:
             outcome, delay_ms, max_attempts, error[:500],
         )  # fmt: skip
         return _text(reply)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery as the API lists it: pending (``at`` = its next attempt) or dead
+    (``at`` = when it died)."""
+
+    partition: int
+    entry_id: str
+    webhook_id: str
+    state: str
+    at_ms: int
+    attempts: int
+    type: str
+    data_json: str
+    last_error: str | None
+    last_attempt_ms: int | None
+
+
+REMOVE_BATCH = 1000
+GONE_MARK_MS = 3_600_000
+
+
+async def remove_deliveries(store: Store, webhook_id: str) -> int:
+    """Delete a removed endpoint's pending and dead deliveries in every partition, a batch
+    per script call; returns how many were deleted."""
+    deleted = 0
+    for pk in store.partitions:
+        while True:
+            reply = await store._call("webhook_remove", pk, webhook_id, REMOVE_BATCH, GONE_MARK_MS)
+            deleted += int(reply[0])
+            if int(reply[1]) == 0 or int(reply[0]) == 0:
+                break
+    return deleted
+
+
+async def list_deliveries(store: Store, webhook_id: str, state: str, limit: int) -> list[Delivery]:
+    """Up to ``limit`` of an endpoint's ``dead`` or ``pending`` deliveries, every partition
+    in turn, oldest death (or soonest attempt) first within a partition."""
+    found: list[Delivery] = []
+    for pk in store.partitions:
+        if len(found) >= limit:
+            break
+        reply = await store._call("webhook_deliveries", pk, webhook_id, state, limit - len(found))
+        rest = [_text(v) for v in reply[1:]]
+        for i in range(0, len(rest), 7):
+            member, score, attempts, kind, data, error, last = rest[i : i + 7]
+            found.append(
+                Delivery(
+                    pk.partition, member.partition(".")[0], webhook_id, state,
+                    int(float(score)), int(attempts), kind, data, error or None,
+                    int(last) if last else None,
+                )
+            )  # fmt: skip
+    return found
+
+
+async def replay_delivery(
+    store: Store, partition: int, entry_id: str, webhook_id: str
+) -> Delivery | None:
+    """Make a dead delivery due now with a fresh count of attempts; None if it is not dead."""
+    pk = store.partitions[partition]
+    reply = await store._call("webhook_replay", pk, webhook_id, f"{entry_id}.{webhook_id}")
+    if int(reply[0]) != 1:
+        return None
+    now, kind, data, error, last = (_text(v) for v in reply[1:6])
+    return Delivery(partition, entry_id, webhook_id, "pending", int(now), 0, kind, data,
+                    error or None, int(last) if last else None)  # fmt: skip

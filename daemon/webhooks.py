@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -34,6 +35,7 @@ log = structlog.get_logger("lifecycled.webhooks")
 CONCURRENCY = 8
 IDLE_POLL_SECONDS = 1.0
 CLAIM_GRACE_MS = 1000
+AUTOCLAIM_BATCH = 1000
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, *TRANSIENT_ERRORS)
 
 
@@ -59,7 +61,12 @@ class WebhookMetrics:
         )
         self.backlog = Gauge(
             "lifecycle_webhook_backlog",
-            "Webhook deliveries not yet delivered nor dead.",
+            "Webhook deliveries not yet delivered nor dead (every partition, every endpoint).",
+            registry=registry,
+        )
+        self.dead = Gauge(
+            "lifecycle_webhook_dead_deliveries",
+            "Dead webhook deliveries waiting to be replayed (or dropped with their endpoint).",
             registry=registry,
         )
 
@@ -78,6 +85,9 @@ class WebhookDispatcher:
         self._wake = {pk.partition: asyncio.Event() for pk in store.partitions}
         self._tasks: list[asyncio.Task[None]] = []
         self._attempts: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._backlog: dict[int, int] = {}
+        self._dead: dict[int, int] = {}
 
     def start(self) -> None:
         spawn = asyncio.get_running_loop().create_task
@@ -86,17 +96,21 @@ class WebhookDispatcher:
             self._tasks.append(spawn(self._forever(self._pump, pk)))
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._attempts]:
+        # The loops also end by this flag: a cancellation that a library swallows (one that
+        # lands as a Redis reply or the wake-up event arrives) must not keep them running.
+        self._stopping = True
+        tasks = [*self._tasks, *self._attempts]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._attempts]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self.wake()
+        # Their cancellations are results here; a cancellation of stop() itself is not.
+        await asyncio.gather(*tasks, return_exceptions=True)
         for session in self._sessions.values():
             await session.close()
 
     async def _forever(self, body: Any, pk: PartitionKeys) -> None:
         delay = 0.05
-        while True:
+        while not self._stopping:
             try:
                 await body(pk)
             except asyncio.CancelledError:
@@ -108,6 +122,12 @@ class WebhookDispatcher:
 
     async def _refresh(self) -> dict[str, Endpoint]:
         self._known = await self.endpoints.all()
+        # A removed endpoint's connections go with it (an attempt still using one fails,
+        # and its outcome changes nothing: the delivery is gone).
+        for webhook_id in [w for w in self._sessions if w not in self._known]:
+            session = self._sessions.pop(webhook_id, None)  # another loop may have taken it
+            if session is not None:
+                await session.close()
         return self._known
 
     def wake(self) -> None:
@@ -118,30 +138,35 @@ class WebhookDispatcher:
 
     async def _read(self, pk: PartitionKeys) -> None:
         redis = self.store.redis
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-            await redis.xgroup_create(pk.commands, WEBHOOK_GROUP, id="$", mkstream=True)
+        await ensure_group(redis, pk)
         owned = False
-        while True:
+        while not self._stopping:
             if pk.partition not in self.engine.owned_partitions:
                 owned = False
                 await asyncio.sleep(0.2)
                 continue
             if not owned:
                 owned = True
-                reply = await redis.xautoclaim(
-                    pk.commands,
-                    WEBHOOK_GROUP,
-                    self.engine.replica_id,
-                    min_idle_time=0,
-                    start_id="0-0",
-                    count=1000,
-                )
-                await self._enqueue(pk, [(e, f) for e, f in reply[1] if f is not None])
+                await self._take_over_pending(pk)
             reply = await redis.xreadgroup(
                 WEBHOOK_GROUP, self.engine.replica_id, {pk.commands: ">"}, count=500, block=1000
             )
             if reply:
                 await self._enqueue(pk, reply[0][1])
+
+    async def _take_over_pending(self, pk: PartitionKeys) -> None:
+        """Claim and enqueue every entry an earlier reader of the partition left pending
+        (it was killed, or lost the lease), a batch at a time."""
+        cursor: Any = "0-0"
+        while True:
+            reply = await self.store.redis.xautoclaim(
+                pk.commands, WEBHOOK_GROUP, self.engine.replica_id,
+                min_idle_time=0, start_id=cursor, count=AUTOCLAIM_BATCH,
+            )  # fmt: skip
+            await self._enqueue(pk, [(e, f) for e, f in reply[1] if f is not None])
+            cursor = reply[0]
+            if _text(cursor) == "0-0":
+                return
 
     async def _enqueue(self, pk: PartitionKeys, entries: list[Any]) -> None:
         if not entries:
@@ -165,7 +190,7 @@ class WebhookDispatcher:
         last_refresh = -1e9
         s = self.settings
         claim_ms = round(s.webhook_timeout_seconds * 1000) + CLAIM_GRACE_MS
-        while True:
+        while not self._stopping:
             self._wake[pk.partition].clear()
             if loop.time() - last_refresh > IDLE_POLL_SECONDS:
                 await self._refresh()
@@ -178,6 +203,7 @@ class WebhookDispatcher:
             finally:
                 for w, room in rooms.items():
                     self._in_flight[w] -= room
+            self._count(pk.partition, result.backlog, result.dead)
             for claimed in result.claimed:
                 self._in_flight[claimed.webhook_id] = self._in_flight.get(claimed.webhook_id, 0) + 1
                 task = loop.create_task(self._attempt(pk, claimed, result.now_ms))
@@ -186,8 +212,17 @@ class WebhookDispatcher:
             wait = IDLE_POLL_SECONDS
             if result.next_due_ms is not None:
                 wait = min(wait, max(0.0, (result.next_due_ms - result.now_ms) / 1000))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # comes as the event is set (each attempt sets it as it ends, at shutdown too).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake[pk.partition].wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake[pk.partition].wait()
+
+    def _count(self, partition: int, backlog: int, dead: int) -> None:
+        """The gauges sum the partitions' counts, each as its pump saw it last."""
+        self._backlog[partition], self._dead[partition] = backlog, dead
+        self.metrics.backlog.set(sum(self._backlog.values()))
+        self.metrics.dead.set(sum(self._dead.values()))
 
     def _session(self, endpoint: Endpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.webhook_id)
@@ -238,18 +273,51 @@ class WebhookDispatcher:
         self, pk: PartitionKeys, endpoint: Endpoint, claimed: Claimed
     ) -> tuple[str, str]:
         payload = body(claimed.type, claimed.entry_id, json.loads(claimed.data_json))
-        headers = signed_headers(
-            endpoint.secret, message_id(pk.partition, claimed.entry_id), payload
-        )
-        try:
-            async with self._session(endpoint).post(
-                endpoint.url, data=payload, headers=headers
-            ) as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return "ok", ""
-                return "fail", f"HTTP {resp.status}"
-        except TimeoutError:
-            return "fail", f"no answer within {self.settings.webhook_timeout_seconds:g} s"
-        except (aiohttp.ClientError, OSError) as exc:
-            return "fail", str(exc) or type(exc).__name__
+        msg_id = message_id(pk.partition, claimed.entry_id)
+        within = self.settings.webhook_timeout_seconds
+        sent = await send(self._session(endpoint), endpoint, msg_id, payload, within)
+        return ("ok" if sent.ok else "fail"), sent.error
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What became of one signed POST: the answer's status (None: no answer) and, unless
+    it was a 2xx, why it failed."""
+
+    status: int | None
+    error: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+async def send(
+    session: aiohttp.ClientSession, endpoint: Endpoint, msg_id: str, payload: str, within: float
+) -> Sent:
+    """POST one signed message to an endpoint (the session carries the ``within`` seconds
+    timeout)."""
+    headers = signed_headers(endpoint.secret, msg_id, payload)
+    try:
+        # A redirect is an answer, not a delivery: following it could hand the signed
+        # body to another host, or turn the POST into a GET that carries none.
+        async with session.post(
+            endpoint.url, data=payload, headers=headers, allow_redirects=False
+        ) as resp:
+            await resp.read()
+            if 200 <= resp.status < 300:
+                return Sent(resp.status, "")
+            return Sent(resp.status, f"HTTP {resp.status}")
+    except TimeoutError:
+        return Sent(None, f"no answer within {within:g} s")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return Sent(None, str(exc) or type(exc).__name__)
+
+
+async def ensure_group(redis: Any, pk: PartitionKeys) -> None:
+    """Create the ``webhooks`` consumer group on the partition's commands stream, at its
+    end, if it is missing: an endpoint receives every command emitted after the group
+    exists. The dispatcher creates it when it starts, and the API before it stores an
+    endpoint, so an endpoint receives every command emitted after its creation returned."""
+    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+        await redis.xgroup_create(pk.commands, WEBHOOK_GROUP, id="$", mkstream=True)

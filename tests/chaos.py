@@ -3,15 +3,17 @@
     python -m tests.chaos --seconds 60 [--seed N]
 
 A load generator creates sessions with short timeouts (through the events stream and the
-HTTP API) and sends activity, keepalive, terminate and terminated events, while a
-controller ``kill -9``s, SIGSTOPs (longer than ``claim_idle_ms``) and restarts three
+HTTP API; some pause on inactivity) and sends activity, keepalive, pause, resume,
+terminate and terminated events, while a controller ``kill -9``s, SIGSTOPs (longer than
+``claim_idle_ms``) and restarts three
 ``lifecycled run`` replicas at random instants and kills and restarts Valkey (append-only,
 ``appendfsync always``). A few accounts are metered (SPEC §7: 1 credit per running
 second) and topped up through the API and the stream, keys sent again at random. When
 every session has ended, a checker reads Redis and the commands streams and verifies each
-guarantee of SPEC §3 for every session, and for every metered account that each key
-credited once, that its sessions used no more than it was credited and that its balance
-never went below 0.
+guarantee of SPEC §3 for every session, and of §8: one command per pause and resume,
+alternating, and a lifetime that counts running time only; and for every metered account
+that each key credited once, that its sessions used no more than it was credited and that
+its balance never went below 0.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tests.servers import Daemon, ValkeyProcess, plans_without_rate_limits
+from tests.servers import Daemon, ValkeyProcess
 
 PARTITIONS = 4
 METERED = tuple(f"meter{i}" for i in range(3))  # on plan metered: 1 credit per running second
@@ -46,6 +48,15 @@ SETTINGS = {
     "LIFECYCLE_LOG_LEVEL": "info",
 }
 PAUSE_SECONDS = 3.0  # longer than claim_idle_ms and the lease
+MAX_PAUSED_SECONDS = 2  # the plans' pause limit: paused sessions end within the run
+PLANS = f"""[plans.free]
+max_concurrent = 2
+max_duration_seconds = 3600
+max_paused_seconds = {MAX_PAUSED_SECONDS}
+[plans.enterprise]
+max_duration_seconds = 86400
+max_paused_seconds = {MAX_PAUSED_SECONDS}
+"""
 LOAD_WORKERS = 6
 
 
@@ -76,7 +87,10 @@ class Report:
     top_ups: int = 0
     depletions: int = 0
     terminations: Counter[str] = field(default_factory=Counter)
+    transitions: Counter[str] = field(default_factory=Counter)  # pause:<reason>, resume
     violations: list[str] = field(default_factory=list)
+    lateness_ms: list[int] = field(default_factory=list)  # emitted_at - deadline, per command
+    faults: list[str] = field(default_factory=list)  # what a fault controller did, in words
 
     def summary(self) -> str:
         lines = [
@@ -88,13 +102,22 @@ class Report:
             f"API calls: {self.api_calls} ({self.api_failures} failed during faults)",
             f"top-ups sent: {self.top_ups}; depletions: {self.depletions}",
             "terminations: " + ", ".join(f"{k}={v}" for k, v in sorted(self.terminations.items())),
-            f"violations: {len(self.violations)}",
+            "pauses and resumes: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.transitions.items())),
+            *self.faults,
         ]
+        if self.lateness_ms:
+            late = sorted(self.lateness_ms)
+            p50, p99 = late[len(late) // 2], late[min(len(late) - 1, len(late) * 99 // 100)]
+            lines.append(f"lateness of terminate commands (ms): p50 {p50}, p99 {p99}, "
+                         f"max {late[-1]}")  # fmt: skip
+        lines.append(f"violations: {len(self.violations)}")
         return "\n".join(lines + [f"  {v}" for v in self.violations[:50]])
 
 
 class Chaos:
     initial_replicas = 3
+    pauses = True  # the load pauses and resumes sessions (SPEC §8)
     metered: tuple[str, ...] = METERED  # none while 0.2 replicas run (docs/operations.md)
 
     def __init__(self, workdir: Path, seconds: float, seed: int) -> None:
@@ -111,10 +134,12 @@ class Chaos:
         self.platform: Any = None  # publishes events, as the `platform` user
         # What the generator did, per session id.
         self.accounts: dict[str, str] = {}
+        self.timeouts: dict[str, int] = {}  # max lifetime, s
         self.activity: dict[str, list[int]] = defaultdict(list)  # entry times (ms)
         self.requested: set[str] = set()  # terminate sent (stream or DELETE)
         self.external: set[str] = set()
         self.live: list[str] = []
+        self.paused_recently: list[str] = []  # pause sent (it may not have applied)
         # A publish that failed may still have reached the stream (the reply was lost).
         self.malformed_attempted: set[str] = set()
         self.malformed_sent: set[str] = set()
@@ -124,8 +149,8 @@ class Chaos:
         self.credit_confirmed: dict[str, dict[str, int]] = defaultdict(dict)
         self.plans_file = workdir / "plans.toml"
         self.plans_file.write_text(
-            plans_without_rate_limits().read_text()
-            + "\n[plans.metered]\nmax_duration_seconds = 86400\ncredits_per_hour = 3600\n"
+            PLANS + "[plans.metered]\nmax_duration_seconds = 86400\ncredits_per_hour = 3600\n"
+            f"max_paused_seconds = {MAX_PAUSED_SECONDS}\n"
         )
         self.all_accounts = ACCOUNTS + list(self.metered)
         self._stop = asyncio.Event()
@@ -194,8 +219,10 @@ class Chaos:
                 roll = self.rng.random()
                 if roll < 0.25 or len(self.live) < 20:
                     await self.create(http, f"w{worker}-{counter}")
-                elif roll < 0.8:
+                elif roll < 0.7 or (roll < 0.8 and not self.pauses):
                     await self.touch(http)
+                elif roll < 0.8:
+                    await self.pause_or_resume(http)
                 elif roll < 0.9:
                     await self.end(http)
                 elif roll < 0.93:
@@ -212,17 +239,23 @@ class Chaos:
         account = self.rng.choice(self.all_accounts)
         inactivity = self.rng.randint(1, 3)
         timeout = self.rng.randint(2, 6)
+        on_inactivity = self.rng.choice(["terminate", "terminate", "pause"])
+        if not self.pauses:
+            on_inactivity = "terminate"
         self.accounts[sid] = account
+        self.timeouts[sid] = timeout
         self.report.sessions += 1
         if self.rng.random() < 0.5:
             fields = {"type": "created", "session_id": sid, "account_id": account,
                       "timeout_seconds": str(timeout),
-                      "inactivity_timeout_seconds": str(inactivity)}  # fmt: skip
+                      "inactivity_timeout_seconds": str(inactivity),
+                      "on_inactivity": on_inactivity}  # fmt: skip
             if await self.publish(account, fields) is None:
                 return
         else:
             body = {"session_id": sid, "account_id": account, "timeout_seconds": timeout,
-                    "inactivity_timeout_seconds": inactivity}  # fmt: skip
+                    "inactivity_timeout_seconds": inactivity,
+                    "on_inactivity": on_inactivity}  # fmt: skip
             await self.api(http, "POST", "/v1/sessions", body)
         self.live.append(sid)
 
@@ -238,10 +271,24 @@ class Chaos:
                 self.activity[sid].append(entry_ms)
         else:
             before = await self.server_ms()
-            status = await self.api(http, "POST", f"/v1/sessions/{sid}/keepalive")
-            if status == 200 and before:
+            status, body = await self.api(http, "POST", f"/v1/sessions/{sid}/keepalive")
+            # A paused session ignores it (and may have paused after ``before``).
+            if status == 200 and before and body.get("status") != "paused":
                 # The keepalive's time lies between these two readings of the clock.
                 self.activity[sid].append(before)
+
+    async def pause_or_resume(self, http: aiohttp.ClientSession) -> None:
+        kind = self.rng.choice(["pause", "resume"])
+        # Resumes go mostly to sessions paused a moment ago, pauses to any recent one.
+        recent = self.paused_recently[-50:] if kind == "resume" else []
+        sid = self.rng.choice(recent if recent and self.rng.random() < 0.8 else self.live[-200:])
+        if kind == "pause":
+            self.paused_recently.append(sid)
+        if self.rng.random() < 0.5:
+            account = self.accounts[sid]
+            await self.publish(account, {"type": kind, "session_id": sid, "account_id": account})
+        else:
+            await self.api(http, "POST", f"/v1/sessions/{sid}/{kind}")
 
     async def end(self, http: aiohttp.ClientSession) -> None:
         sid = self.rng.choice(self.live[-200:])
@@ -277,7 +324,8 @@ class Chaos:
             ok = await self.publish(account, fields) is not None
         else:
             body = {"amount": float(amount), "idempotency_key": key}
-            ok = await self.api(http, "POST", f"/v1/accounts/{account}/credits", body) == 200
+            status, _ = await self.api(http, "POST", f"/v1/accounts/{account}/credits", body)
+            ok = status == 200
         if ok:
             self.credit_confirmed[account][key] = micro
 
@@ -292,19 +340,20 @@ class Chaos:
 
     async def api(
         self, http: aiohttp.ClientSession, method: str, path: str, body: Any = None
-    ) -> int | None:
-        """The response status, or None when no answer came (replica or Valkey down)."""
+    ) -> tuple[int | None, dict[str, Any]]:
+        """The response status and JSON body, or None when no answer came (replica or
+        Valkey down)."""
         daemon = self.rng.choice(self.replicas)
         self.report.api_calls += 1
         try:
             async with http.request(method, daemon.api + path, json=body) as resp:
-                await resp.read()
+                answer = await resp.json(content_type=None)
                 if resp.status < 500:
-                    return resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError):
+                    return resp.status, answer if isinstance(answer, dict) else {}
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             pass
         self.report.api_failures += 1
-        return None
+        return None, {}
 
     async def server_ms(self) -> int | None:
         try:
@@ -384,9 +433,15 @@ class Chaos:
         for p in range(PARTITIONS):
             for _, raw in await self.redis.xrange(f"lifecycle:{{{p}}}:commands"):
                 cmd = {k.decode(): v.decode() for k, v in raw.items()}
-                if cmd["type"] == "terminate":
+                if cmd["type"] in ("terminate", "pause", "resume"):
+                    # A session's commands are in one partition's stream, in order.
                     commands[cmd["session_id"]].append(cmd)
+                if cmd["type"] == "terminate":
                     self.report.terminations[cmd["reason"]] += 1
+                elif cmd["type"] == "pause":
+                    self.report.transitions["pause:" + cmd["reason"]] += 1
+                elif cmd["type"] == "resume":
+                    self.report.transitions["resume"] += 1
         dead: Counter[str] = Counter()
         for p in range(PARTITIONS):
             for _, raw in await self.redis.xrange(f"lifecycle:{{{p}}}:dead"):
@@ -434,15 +489,21 @@ class Chaos:
         if raw[2] == b"balance_depleted" and balance != 0:
             v.append(f"{account}: balance_depleted with a balance of {balance}")
 
-    def check_session(self, sid: str, record: dict[str, str], cmds: list[dict[str, str]]) -> None:
+    def check_session(
+        self, sid: str, record: dict[str, str], all_cmds: list[dict[str, str]]
+    ) -> None:
         v = self.report.violations
-        history = f"{sid}: record={record} commands={cmds} activity={self.activity.get(sid)}"
+        history = f"{sid}: record={record} commands={all_cmds} activity={self.activity.get(sid)}"
         if not record:
-            if cmds:
+            if all_cmds:
                 v.append(f"command for a session that does not exist: {history}")
             return
         if record["s"] != "t":
             v.append(f"session never terminated: {history}")
+            return
+        cmds = [c for c in all_cmds if c["type"] == "terminate"]
+        transitions = [c for c in all_cmds if c["type"] != "terminate"]
+        if not self.check_pauses(sid, record, transitions, all_cmds, history):
             return
         reason = record["x"]
         if reason == "external":
@@ -453,9 +514,11 @@ class Chaos:
             v.append(f"{len(cmds)} terminate commands: {history}")
             return
         cmd = cmds[0]
+        self.check_running_time(sid, record, cmd, history)
         deadline = int(cmd["deadline"])
         if cmd["reason"] != reason or int(record["t"]) != deadline:
             v.append(f"command disagrees with the session record: {history}")
+        self.report.lateness_ms.append(int(cmd["emitted_at"]) - deadline)
         if int(cmd["emitted_at"]) < deadline:
             v.append(f"emitted before its deadline: {history}")
         if reason == "requested" and sid not in self.requested:
@@ -469,6 +532,63 @@ class Chaos:
             for at in self.activity.get(sid, []):
                 if int(record["c"]) <= at <= deadline and at + inactivity_ms > deadline:
                     v.append(f"killed for inactivity despite activity at {at}: {history}")
+
+    def check_pauses(
+        self,
+        sid: str,
+        record: dict[str, str],
+        transitions: list[dict[str, str]],
+        all_cmds: list[dict[str, str]],
+        history: str,
+    ) -> bool:
+        """One command per transition: pause, resume, pause, ... and none after the end;
+        an inactivity pause never despite activity in time; a pause ends at its limit."""
+        v = self.report.violations
+        kinds = [c["type"] for c in transitions]
+        if kinds != ["pause", "resume"] * (len(kinds) // 2) + ["pause"] * (len(kinds) % 2):
+            v.append(f"pause and resume commands do not alternate: {history}")
+            return False
+        ends = [i for i, c in enumerate(all_cmds) if c["type"] == "terminate"]
+        if ends and ends[0] != len(all_cmds) - 1:
+            v.append(f"a command after the terminate command: {history}")
+            return False
+        ended_paused = bool(kinds) and kinds[-1] == "pause"
+        if ended_paused != ("qa" in record):
+            v.append(f"the record and the commands disagree on the end's pause: {history}")
+            return False
+        inactivity_ms = int(record["i"]) * 1000
+        for pause in transitions:
+            if pause["type"] != "pause" or pause["reason"] != "inactivity":
+                continue
+            deadline = int(pause["deadline"])
+            if int(pause["emitted_at"]) < deadline:
+                v.append(f"paused before its deadline: {history}")
+            for at in self.activity.get(sid, []):
+                if at <= deadline < at + inactivity_ms:
+                    v.append(f"paused for inactivity despite activity at {at}: {history}")
+        if record["x"] == "paused_timeout":
+            limit = int(transitions[-1]["deadline"]) + MAX_PAUSED_SECONDS * 1000
+            if not ended_paused or int(record["t"]) != limit:
+                v.append(f"paused_timeout is not the pause's start + its limit: {history}")
+        return True
+
+    def check_running_time(
+        self, sid: str, record: dict[str, str], cmd: dict[str, str], history: str
+    ) -> None:
+        """Paused time never counts toward the lifetime."""
+        v = self.report.violations
+        if "running_ms" not in cmd:
+            return  # written by a 0.2 replica during a rolling upgrade: it never pauses
+        running, duration = int(cmd["running_ms"]), int(cmd["duration_ms"])
+        lifetime_ms = self.timeouts.get(sid, 86400) * 1000
+        if running != int(record.get("n", -1)) or running > min(duration, lifetime_ms):
+            v.append(f"running_ms is not the running time: {history}")
+        # Every moment not running was paused (less when the end's stream entry is older
+        # than a resume through the API: it ends no earlier than the run began).
+        if duration - running > int(record.get("qt", "0")):
+            v.append(f"duration_ms is more than running_ms + the time paused: {history}")
+        if cmd["reason"] == "max_lifetime" and sid in self.timeouts and running != lifetime_ms:
+            v.append(f"ended at max_lifetime after {running} ms of running time: {history}")
 
 
 def _wait_ready(daemon: Daemon) -> None:

@@ -14,7 +14,18 @@ place a reviewer may disagree, so they are named here):
 - a passed inactivity deadline held by the lag-safe rule whose lifetime deadline has also
   passed ends as ``max_lifetime`` (lifetime deadlines never wait);
 - an activity or keepalive entry that entered the stream after the session's deadline
-  came too late: applying it ends the session at that deadline (``ended:<reason>``).
+  came too late: applying it ends the session at that deadline (``ended:<reason>``), or
+  pauses it there when the deadline pauses it (``paused:inactivity``); so do pause and
+  resume entries, and a resume then resumes that pause;
+- pause, resume and termination happen at their entry's time, never before the
+  session's current run (or pause) began: a stream entry older than an API call that
+  came first (a create, pause or resume) takes effect at that call's time;
+- a billing hold terminates ready and running sessions (those that count toward
+  ``max_concurrent``); a paused one stays paused (its resume is refused with 402);
+- a PATCH whose new limits put the deadline in the past ends (or, for an inactivity
+  deadline with ``on_inactivity`` = pause, pauses) the session at the PATCH's time;
+- keepalives and activities that a paused session ignores do not count in
+  ``activity_count``.
 
 Prepaid credits (SPEC §7) follow DESIGN.md's account: a balance settled at ``at`` with a
 burn (micro-credits per hour of the running metered sessions), settled at every change
@@ -50,11 +61,15 @@ MICRO = 1_000_000
 MAX_BALANCE = 10**15 - 1  # micro-credits
 _AMOUNT = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?([eE][+-]?[0-9]{1,6})?")
 _KEY = re.compile(r"[!-~]{1,255}")
+# SPEC §8: name -> max_paused_seconds (None: pauses never end).
+SPEC_MAX_PAUSED: dict[str, int | None] = {"free": 86400, "pro": 604800, "enterprise": 2592000}
 BILLING_STATUSES = ("ok", "balance_depleted", "payment_failed", "card_expired")
 COMMAND_REASONS = ("max_lifetime", "inactivity", "requested", "billing")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _INT = re.compile(r"[0-9]{1,64}")
 _BOOL = {"true": True, "1": True, "false": False, "0": False}
+_SOURCE = re.compile(r"[a-z0-9._-]{1,64}")
+LIVE = ("ready", "running")  # counted toward max_concurrent
 DEFAULT_INACTIVITY_SECONDS = 300
 MAX_INACTIVITY_SECONDS = 86400
 
@@ -75,6 +90,8 @@ class Event:
     billing_status: str = "ok"
     amount: int = 0  # credits: micro-credits
     idempotency_key: str = ""
+    on_inactivity: str = "terminate"
+    source: str = "stream"
 
 
 _REQUIRED = {
@@ -84,6 +101,8 @@ _REQUIRED = {
     "terminate": ("session_id", "account_id"),
     "terminated": ("session_id", "account_id"),
     "billing": ("account_id", "billing_status"),
+    "pause": ("session_id", "account_id"),
+    "resume": ("session_id", "account_id"),
     "credits": ("account_id", "amount", "idempotency_key"),
 }
 
@@ -154,16 +173,21 @@ def parse(raw: Mapping[bytes, bytes], plans: Mapping[str, object]) -> Event | No
         timeout = integer("timeout_seconds", 1)
         inactivity = integer("inactivity_timeout_seconds", 1, MAX_INACTIVITY_SECONDS)
         auto_kill = _BOOL.get(fields.get("auto_kill", "true").lower())
+        on_inactivity = fields.get("on_inactivity", "terminate")
         if timeout is False or inactivity is False or auto_kill is None:
             return None
+        if on_inactivity not in ("terminate", "pause"):
+            return None
         assert not isinstance(timeout, bool) and not isinstance(inactivity, bool)
-        return Event(kind, account, session, timeout, inactivity, auto_kill, plan)
+        return Event(kind, account, session, timeout, inactivity, auto_kill, plan,
+                     on_inactivity=on_inactivity)  # fmt: skip
     if kind in ("activity", "keepalive"):
         ts = integer("ts", 0)
-        if ts is False:
+        source = fields.get("source", "stream")
+        if ts is False or ("source" in fields and not _SOURCE.fullmatch(source)):
             return None
         assert not isinstance(ts, bool)
-        return Event(kind, account, session, ts=ts)
+        return Event(kind, account, session, ts=ts, source=source)
     if kind == "terminate":
         reason = fields.get("reason", "requested")
         if reason not in COMMAND_REASONS:
@@ -177,15 +201,23 @@ class Session:
     session_id: str
     account_id: str
     plan: str
-    status: str  # ready | running | terminated
+    status: str  # ready | running | paused | terminated
     created_at: int
-    expires_at: int
+    expires_at: int  # while paused: meaningless (SPEC: null); set again on resume
     last_activity_at: int
     inactivity_timeout_seconds: int
     max_lifetime_seconds: int
     auto_kill: bool
     terminated_at: int | None = None
     termination_reason: str | None = None
+    on_inactivity: str = "terminate"
+    run_ms: int = 0  # running time before the current run
+    run_started_at: int = 0  # start of the current run (created_at, or the resume)
+    paused_at: int | None = None
+    pause_expires_at: int | None = None
+    paused_ms: int = 0  # paused time before the current pause
+    activity_count: int = 0
+    last_activity_source: str | None = None
     rate: int | None = None  # metered: micro-credits per running hour
     metered_since: int | None = None  # while running metered
     credits_used: int = 0  # micro-credits, of runs before metered_since
@@ -195,17 +227,27 @@ class Session:
         return self.status != "terminated"
 
     @property
+    def paused(self) -> bool:
+        return self.status == "paused"
+
+    @property
     def idle_expires_at(self) -> int | None:
-        if not self.live or not self.auto_kill:
+        if not self.live or self.paused or not self.auto_kill:
             return None
         return self.last_activity_at + self.inactivity_timeout_seconds * 1000
 
-    def deadline(self) -> tuple[int, str]:
-        """The effective deadline (SPEC §1 ``terminates_at``) and the reason it ends with."""
+    def deadline(self) -> tuple[int | None, str]:
+        """The effective deadline (SPEC §1 ``terminates_at``) and the reason it ends with;
+        while paused the pause's end (None: never)."""
+        if self.paused:
+            return self.pause_expires_at, "paused_timeout"
         idle = self.idle_expires_at
         if idle is not None and idle < self.expires_at:
             return idle, "inactivity"
         return self.expires_at, "max_lifetime"
+
+    def pauses_at_inactivity(self) -> bool:
+        return self.on_inactivity == "pause"
 
 
 @dataclass(slots=True)
@@ -242,6 +284,8 @@ class Expiry:
 
     terminated: int
     by_inactivity: int
+    by_paused_timeout: int
+    paused: int
     next_due_ms: int | None
     held: bool
     lateness_ms: list[int]
@@ -257,6 +301,9 @@ class PartitionModel:
     rates: dict[str, int] = field(
         default_factory=lambda: {n: p[2] for n, p in METERED_PLANS.items()}
     )
+    max_paused: dict[str, int | None] = field(
+        default_factory=lambda: {**SPEC_MAX_PAUSED, **dict.fromkeys(METERED_PLANS)}
+    )
     default_plan: str = "free"
     max_clock_skew_ms: int = 5000
     billing_hold_terminates: bool = True
@@ -266,6 +313,7 @@ class PartitionModel:
     commands: list[dict[str, str]] = field(default_factory=list)
     dead: list[dict[bytes, bytes]] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    resume_wake: int | None = None  # the metering wake of the last resume
 
     # Accounts and admission (SPEC §2)
 
@@ -277,10 +325,11 @@ class PartitionModel:
         return plan if plan in self.plans else self.default_plan
 
     def live_count(self, account_id: str) -> int:
-        return sum(1 for s in self.sessions.values() if s.live and s.account_id == account_id)
+        return sum(1 for s in self.sessions.values()
+                   if s.status in LIVE and s.account_id == account_id)  # fmt: skip
 
-    def admission(self, session_id: str, account_id: str, timeout: int | None, at: int = 0) -> int:
-        """SPEC §2's checks in their order: 201 or the refusal's status code."""
+    def admitted(self, account_id: str, at: int) -> int:
+        """SPEC §2's billing and concurrency checks: 201 or 402 / 429 (creates, resumes)."""
         account = self.account(account_id)
         if account.billing_status != "ok":
             return 402
@@ -288,9 +337,17 @@ class PartitionModel:
             dt = max(0, at - account.at)
             if account.balance - min(account.balance, consumed(account.burn, dt)) <= 0:
                 return 402  # balance_depleted, before the expirer has seen it
-        concurrent, duration = self.plans[self.plan_of(account_id)]
+        concurrent, _ = self.plans[self.plan_of(account_id)]
         if concurrent is not None and self.live_count(account_id) >= concurrent:
             return 429
+        return 201
+
+    def admission(self, session_id: str, account_id: str, timeout: int | None, at: int = 0) -> int:
+        """SPEC §2's checks in their order: 201 or the refusal's status code."""
+        code = self.admitted(account_id, at)
+        if code != 201:
+            return code
+        _, duration = self.plans[self.plan_of(account_id)]
         if timeout is not None and timeout > duration:
             return 422
         if session_id in self.sessions:
@@ -305,6 +362,7 @@ class PartitionModel:
         inactivity: int | None,
         auto_kill: bool,
         at: int,
+        on_inactivity: str = "terminate",
     ) -> Session:
         plan = self.plan_of(account_id)
         m = timeout if timeout is not None else min(3600, self.plans[plan][1])
@@ -321,13 +379,15 @@ class PartitionModel:
             ),
             max_lifetime_seconds=m,
             auto_kill=auto_kill,
+            on_inactivity=on_inactivity,
+            run_started_at=at,
         )
         self.sessions[session_id] = session
         return session
 
     # Credits (SPEC §7)
 
-    def _settle(self, account: Account, t: int) -> bool:
+    def _settle_credits(self, account: Account, t: int) -> bool:
         """Bring the balance to ``t``; False for an account without one."""
         if account.balance is None:
             return False
@@ -375,7 +435,7 @@ class PartitionModel:
         rate = session.rate
         if rate is None:
             rate = self.rates.get(self.plan_of(session.account_id))
-        if rate is None or not self._settle(account, t):
+        if rate is None or not self._settle_credits(account, t):
             return None
         assert account.balance is not None
         if t < account.at and 0 < account.balance <= consumed(rate, account.at - t):
@@ -396,7 +456,7 @@ class PartitionModel:
         session.credits_used += consumed(session.rate, max(0, t - session.metered_since))
         session.metered_since = None
         account = self.account(session.account_id)
-        if self._settle(account, t):
+        if self._settle_credits(account, t):
             assert account.balance is not None
             rest = max(0, account.burn - session.rate)
             dep = account.depletes_at
@@ -436,7 +496,7 @@ class PartitionModel:
             return account.answers[key]
         if account.depletes_at is not None and account.depletes_at <= now:
             self._deplete(account_id, account.depletes_at, now)  # it came too late for them
-        first = not self._settle(account, now)
+        first = not self._settle_credits(account, now)
         balance = 0 if first else account.balance
         assert balance is not None
         if balance + amount > MAX_BALANCE:
@@ -458,7 +518,7 @@ class PartitionModel:
         """The balance ran out at ``dep``: the sessions ended, or None for a stale moment."""
         account = self.accounts[name]
         account.depletes_at = None
-        self._settle(account, dep)
+        self._settle_credits(account, dep)
         assert account.balance is not None
         if account.balance > 0:
             self._reschedule(account)
@@ -493,6 +553,15 @@ class PartitionModel:
     def _terminate(self, session: Session, reason: str, deadline: int, now: int) -> bool:
         if not session.live:
             return False
+        # Never before the current run or pause began (an older stream entry ends it then).
+        if session.paused:
+            assert session.paused_at is not None
+            deadline = max(deadline, session.paused_at)
+            session.paused_ms += deadline - session.paused_at
+            session.paused_at = session.pause_expires_at = None  # null unless paused
+        else:
+            deadline = max(deadline, session.run_started_at)
+            session.run_ms += deadline - session.run_started_at
         used = self._meter_stop(session, deadline)
         session.status = "terminated"
         session.terminated_at = deadline
@@ -508,10 +577,63 @@ class PartitionModel:
                     "emitted_at": str(now),
                     "created_at": str(session.created_at),
                     "duration_ms": str(max(0, deadline - session.created_at)),
+                    "running_ms": str(session.run_ms),
                     "credits_used": credits_text(used),
                 }
             )
         return True
+
+    # Pause and resume (SPEC §8): one command per transition
+
+    def _pause(self, session: Session, reason: str, at: int, now: int) -> bool:
+        if session.status not in LIVE:
+            return False
+        at = max(at, session.run_started_at)
+        session.run_ms += at - session.run_started_at
+        self._meter_stop(session, at)
+        session.status = "paused"
+        session.paused_at = at
+        limit = self.max_paused[self.plan_of(session.account_id)]
+        session.pause_expires_at = None if limit is None else at + limit * 1000
+        self.commands.append({"type": "pause", "session_id": session.session_id,
+                              "account_id": session.account_id, "reason": reason,
+                              "deadline": str(at), "emitted_at": str(now)})  # fmt: skip
+        return True
+
+    def _resume(self, session: Session, at: int, now: int) -> int:
+        """200 resumed, 0 not paused, or the refusal (402, 429)."""
+        if not session.paused:
+            return 0
+        code = self.admitted(session.account_id, now)
+        if code != 201:
+            return code
+        assert session.paused_at is not None
+        at = max(at, session.paused_at)
+        session.paused_ms += at - session.paused_at
+        session.status = "running"
+        session.paused_at = session.pause_expires_at = None
+        session.run_started_at = session.last_activity_at = at
+        session.expires_at = at + session.max_lifetime_seconds * 1000 - session.run_ms
+        self.resume_wake = self._meter_start(session, at)
+        self.commands.append({"type": "resume", "session_id": session.session_id,
+                              "account_id": session.account_id,
+                              "emitted_at": str(now)})  # fmt: skip
+        return 200
+
+    def _fire(self, session: Session, deadline: int, reason: str, now: int) -> str:
+        """What a passed deadline does, at that deadline: pause or terminate."""
+        if reason == "inactivity" and session.pauses_at_inactivity():
+            self._pause(session, "inactivity", deadline, now)
+            return "paused:inactivity"
+        self._terminate(session, reason, deadline, now)
+        return f"ended:{reason}"
+
+    def _overdue(self, session: Session, arrived: int, now: int) -> str | None:
+        """An entry that arrived after the session's deadline: the deadline's outcome."""
+        deadline, reason = session.deadline()
+        if deadline is None or deadline >= arrived:
+            return None
+        return self._fire(session, deadline, reason, now)
 
     def _set_billing(
         self, account_id: str, status: str, plan: str | None, at: int, now: int
@@ -523,23 +645,29 @@ class PartitionModel:
         ended = 0
         if status != "ok" and self.billing_hold_terminates:
             for session in list(self.sessions.values()):
-                if session.account_id == account_id and self._terminate(
-                    session, "billing", at, now
-                ):
+                if session.account_id != account_id or session.status not in LIVE:
+                    continue
+                if self._terminate(session, "billing", at, now):
                     ended += 1
         return ended
 
-    def _touch(self, session_id: str, account_id: str, ts: int, is_activity: bool) -> str:
+    def _touch(
+        self, session_id: str, account_id: str, ts: int, is_activity: bool, source: str
+    ) -> str:
         session = self.sessions.get(session_id)
         if session is None or session.account_id != account_id:
             return "ignored:unknown_session"
         if not session.live:
             return "ignored:terminated"
+        if session.paused:
+            return "ignored:paused"
         if ts < session.last_activity_at:
             return "ignored:stale"
         if is_activity and session.status == "ready":
             session.status = "running"
         session.last_activity_at = ts
+        session.activity_count += 1
+        session.last_activity_source = source
         return "applied"
 
     # The events stream (SPEC §3)
@@ -604,13 +732,14 @@ class PartitionModel:
                 ts = now
             session = self.sessions.get(event.session_id)
             if session is not None and session.account_id == event.account_id and session.live:
-                deadline, reason = session.deadline()
-                if deadline < at:
-                    self._terminate(session, reason, deadline, now)
-                    return f"ended:{reason}", None
+                outcome = self._overdue(session, at, now)
+                if outcome is not None:
+                    return outcome, None
             return self._touch(
-                event.session_id, event.account_id, ts, event.type == "activity"
+                event.session_id, event.account_id, ts, event.type == "activity", event.source
             ), None
+        if event.type in ("pause", "resume"):
+            return self._pause_or_resume(event, at, now)
         if event.type == "created":
             if event.plan is not None and self.account(event.account_id).plan is None:
                 self.account(event.account_id).plan = event.plan
@@ -632,10 +761,11 @@ class PartitionModel:
                 event.inactivity_timeout_seconds,
                 event.auto_kill,
                 at,
+                event.on_inactivity,
             )
             wake = self._meter_start(created, at)
             deadline = created.deadline()[0]
-            return "applied", deadline if wake is None else min(deadline, wake)
+            return "applied", min(t for t in (deadline, wake) if t is not None)
         if event.type in ("terminate", "terminated"):
             session = self.sessions.get(event.session_id)
             if session is None or session.account_id != event.account_id:
@@ -653,6 +783,30 @@ class PartitionModel:
         ended = self._set_billing(event.account_id, event.billing_status, event.plan, at, now)
         return f"ended:{ended}", None
 
+    def _pause_or_resume(self, event: Event, at: int, now: int) -> tuple[str, int | None]:
+        session = self.sessions.get(event.session_id)
+        if session is None or session.account_id != event.account_id:
+            return "ignored:unknown_session", None
+        if not session.live:
+            return "ignored:terminated", None
+        outcome = self._overdue(session, at, now)
+        if outcome is not None and not (event.type == "resume" and outcome.startswith("paused")):
+            return outcome, None
+        if event.type == "pause":
+            if self._pause(session, "requested", at, now):
+                return "paused:requested", None
+            return "ignored:paused", None
+        code = self._resume(session, at, now)
+        if code == 200:
+            deadline = session.deadline()[0]
+            wake = self.resume_wake
+            return "resumed", min(t for t in (deadline, wake) if t is not None)
+        if code == 0:
+            return "ignored:not_paused", None
+        self.commands.append({"type": "rejected", "session_id": event.session_id,
+                              "account_id": event.account_id, "code": str(code)})  # fmt: skip
+        return f"rejected:{code}", None
+
     # Deadlines
 
     def expire(self, now: int) -> Expiry:
@@ -660,7 +814,7 @@ class PartitionModel:
         first = self.first_unapplied_ms()
         # An inactivity deadline D may fire only when no entry with time <= D is unapplied.
         idle_limit = now if first is None else min(now, first - 1)
-        terminated = by_inactivity = 0
+        terminated = by_inactivity = by_paused_timeout = paused = 0
         lateness: list[int] = []
         # Depletion moments passed as the call starts: a metered session whose balance ran
         # out at or before its own deadline ends at the depletion instead.
@@ -670,7 +824,11 @@ class PartitionModel:
             if not session.live:
                 continue
             idle = session.idle_expires_at
-            if idle is not None and idle < session.expires_at and idle <= idle_limit:
+            if session.paused:
+                if session.pause_expires_at is None or session.pause_expires_at > now:
+                    continue
+                deadline, reason = session.pause_expires_at, "paused_timeout"
+            elif idle is not None and idle < session.expires_at and idle <= idle_limit:
                 deadline, reason = idle, "inactivity"
             elif session.expires_at <= now:
                 deadline, reason = session.expires_at, "max_lifetime"
@@ -679,9 +837,12 @@ class PartitionModel:
             dep = passed.get(session.account_id)
             if session.metered_since is not None and dep is not None and dep <= deadline:
                 continue  # its balance ran out first: it ends at the depletion
-            self._terminate(session, reason, deadline, now)
-            terminated += 1
-            by_inactivity += reason == "inactivity"
+            if self._fire(session, deadline, reason, now).startswith("paused"):
+                paused += 1
+            else:
+                terminated += 1
+                by_inactivity += reason == "inactivity"
+                by_paused_timeout += reason == "paused_timeout"
             lateness.append(now - deadline)
         depletions, by_billing, late = self.deplete(now)
         lateness += late
@@ -692,15 +853,19 @@ class PartitionModel:
         for session in self.sessions.values():
             if not session.live:
                 continue
-            deadline, reason = session.deadline()
-            if reason == "inactivity" and idle_limit < deadline <= now:
+            due, reason = session.deadline()
+            if due is None:
+                continue
+            if reason == "inactivity" and idle_limit < due <= now:
                 held = True
-                deadline = session.expires_at
-            candidates.append(deadline)
+                due = session.expires_at
+            candidates.append(due)
         candidates += [a.depletes_at for a in self.accounts.values() if a.depletes_at is not None]
         return Expiry(
             terminated=terminated,
             by_inactivity=by_inactivity,
+            by_paused_timeout=by_paused_timeout,
+            paused=paused,
             next_due_ms=min(candidates, default=None),
             held=held,
             lateness_ms=sorted(lateness),
@@ -718,34 +883,63 @@ class PartitionModel:
         inactivity: int | None,
         auto_kill: bool,
         now: int,
+        on_inactivity: str = "terminate",
     ) -> int:
         code = self.admission(session_id, account_id, timeout, now)
         if code == 201:
-            session = self._create(session_id, account_id, timeout, inactivity, auto_kill, now)
+            session = self._create(session_id, account_id, timeout, inactivity, auto_kill, now,
+                                   on_inactivity)  # fmt: skip
             self._meter_start(session, now)
         return code
 
-    def api_keepalive(self, session_id: str, now: int) -> int:
+    def _settle(self, session_id: str, now: int, billing: bool) -> Session | int:
+        """An API call on a session: what its passed deadline does first, as the expirer
+        sees it (an inactivity deadline held by an unapplied entry from before it has not
+        passed); the session, or the refusal's status code."""
         session = self.sessions.get(session_id)
         if session is None:
             return 404
-        # SPEC §2: the billing check comes first for keepalives too.
-        if self.account(session.account_id).billing_status != "ok":
+        # SPEC §2: the billing check comes first for keepalives (and resumes) too.
+        if billing and self.account(session.account_id).billing_status != "ok":
             return 402
         if not session.live:
             return 409
-        # After its deadline a keepalive comes too late, as the expirer sees it: an
-        # inactivity deadline held by an unapplied entry from before it has not passed.
         deadline, reason = session.deadline()
         first = self.first_unapplied_ms()
         idle_limit = now if first is None else min(now, first - 1)
-        if deadline <= now and reason == "inactivity" and deadline > idle_limit:
+        if (
+            deadline is not None
+            and deadline <= now
+            and reason == "inactivity"
+            and deadline > idle_limit
+        ):
             deadline, reason = session.expires_at, "max_lifetime"
-        if deadline <= now:
-            self._terminate(session, reason, deadline, now)
+        passed = deadline is not None and deadline <= now
+        if passed and self._fire(session, deadline or 0, reason, now).startswith("ended"):
             return 409
-        self._touch(session_id, session.account_id, now, is_activity=False)
+        return session
+
+    def api_keepalive(self, session_id: str, now: int, source: str = "api") -> int:
+        session = self._settle(session_id, now, billing=True)
+        if isinstance(session, int):
+            return session
+        self._touch(session_id, session.account_id, now, False, source)
         return 200
+
+    def api_pause(self, session_id: str, now: int) -> tuple[int, bool]:
+        """Status code and whether this call paused the session."""
+        session = self._settle(session_id, now, billing=False)
+        if isinstance(session, int):
+            return session, False
+        return 200, self._pause(session, "requested", now, now)
+
+    def api_resume(self, session_id: str, now: int) -> tuple[int, bool]:
+        """Status code and whether this call resumed the session."""
+        session = self._settle(session_id, now, billing=True)
+        if isinstance(session, int):
+            return session, False
+        code = self._resume(session, now, now)
+        return (200, False) if code == 0 else (code, code == 200)
 
     def api_terminate(self, session_id: str, now: int) -> tuple[int, bool]:
         """Status code and whether this call ended the session (DELETE is idempotent)."""
@@ -764,7 +958,10 @@ class PartitionModel:
             if timeout > self.plans[self.plan_of(session.account_id)][1]:
                 return 422
             # A lifetime that would already have ended is refused, not an instant kill.
-            if session.created_at + timeout * 1000 < now:
+            ran = session.run_ms
+            if not session.paused:
+                ran += now - session.run_started_at
+            if timeout * 1000 < ran:
                 return 422
         return 200
 
@@ -775,6 +972,7 @@ class PartitionModel:
         inactivity: int | None,
         auto_kill: bool | None,
         now: int,
+        on_inactivity: str | None = None,
     ) -> int:
         code = self.patch_code(session_id, timeout, now)
         if code != 200:
@@ -782,11 +980,17 @@ class PartitionModel:
         session = self.sessions[session_id]
         if timeout is not None:
             session.max_lifetime_seconds = timeout
-            session.expires_at = session.created_at + timeout * 1000
+            session.expires_at = session.run_started_at + timeout * 1000 - session.run_ms
         if inactivity is not None:
             session.inactivity_timeout_seconds = inactivity
         if auto_kill is not None:
             session.auto_kill = auto_kill
+        if on_inactivity is not None:
+            session.on_inactivity = on_inactivity
+        deadline, reason = session.deadline()
+        if not session.paused and deadline is not None and deadline <= now:
+            # SPEC 0.3: at the PATCH's own time, never back-dated.
+            self._fire(session, now, reason, now)
         return 200
 
     def api_set_account(
@@ -802,8 +1006,9 @@ class PartitionModel:
 
 def retry_after_bounds(model: PartitionModel, account_id: str, low_now: int) -> int:
     """Largest Retry-After (s) a 429 may carry when the call ran at or after ``low_now``."""
-    deadlines = [s.deadline()[0] for s in model.sessions.values()
-                 if s.live and s.account_id == account_id]  # fmt: skip
+    deadlines = [d for s in model.sessions.values() if s.status in LIVE
+                 and s.account_id == account_id for d in [s.deadline()[0]]
+                 if d is not None]  # fmt: skip
     if not deadlines:
         return 1
     return max(1, math.ceil((min(deadlines) - low_now) / 1000))

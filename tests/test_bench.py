@@ -34,7 +34,10 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
         "expiry lateness, 10,000 live",
         "console page latency, 10,000 live",
         "peer: key TTL + notifications, 10,000 live",
+        "webhook delivery latency",
     ):
         assert figure in figures, figures
     lateness = next(r for r in rows if r.startswith("| expiry lateness"))
     assert "p99" in lateness and "never" not in lateness
+    webhooks = next(r for r in rows if r.startswith("| webhook delivery latency"))
+    assert "p99" in webhooks and "never" not in webhooks

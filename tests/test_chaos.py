@@ -22,3 +22,4 @@ async def test_chaos_run_finds_no_violation(tmp_path: Path) -> None:
     assert report.kills + report.pauses + report.valkey_restarts >= 3
     assert report.sessions > 500
     assert {"inactivity", "max_lifetime", "requested"} <= set(report.terminations)
+    assert {"pause:requested", "pause:inactivity", "resume"} <= set(report.transitions)

@@ -68,10 +68,13 @@ async def test_help_lists_every_command_and_the_exit_codes() -> None:
         "status",
         "keepalive",
         "activity",
+        "pause",
+        "resume",
         "extend",
         "terminate",
         "sessions",
         "account",
+        "webhooks",
         "dead-letters",
         "check-config",
     ):

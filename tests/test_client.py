@@ -55,6 +55,7 @@ async def test_every_method_returns_typed_models(daemons: Start) -> None:
         assert created.created_at.tzinfo is not None
         assert created.created_at.utcoffset() == UTC.utcoffset(None)
         assert abs((created.created_at - datetime.now(UTC)).total_seconds()) < 5
+        assert created.expires_at is not None
         assert (created.expires_at - created.created_at).total_seconds() == 600
         assert created.terminates_at == created.idle_expires_at
         assert created.raw["created_at"].endswith("Z")

@@ -106,6 +106,16 @@ async def test_login_csrf_terminate_and_extend(
             assert (await resp.json())["status"] == "ready"
 
         token = _csrf(page)
+        # Pause and resume (SPEC §8), as buttons of a live session.
+        assert 'id="pause"' in page and 'id="resume"' not in page
+        async with http.post(f"{action}/pause", data={"csrf": token}) as resp:
+            text = await resp.text()
+            assert resp.status == 200 and "Paused." in text and 'id="resume"' in text
+        async with http.post(f"{action}/pause", data={"csrf": token}) as resp:
+            assert "already paused" in await resp.text()
+        async with http.post(f"{action}/resume", data={"csrf": token}) as resp:
+            text = await resp.text()
+            assert resp.status == 200 and "Resumed." in text and 'id="pause"' in text
         async with http.post(f"{action}/extend", data={"csrf": token, "seconds": "900"}) as resp:
             assert resp.status == 200 and "Maximum lifetime now" in await resp.text()
         async with http.get(f"{d.api}/v1/sessions/{sid}", headers=bearer) as resp:

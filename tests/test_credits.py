@@ -59,7 +59,7 @@ async def test_settle_consumes_to_the_time_and_reschedules_depletion(redis: Any)
         redis,
         "redis.call('HSET', account_key('acme'), 'mb', '10000000', 'mt', '1000', 'mr', "
         "'3600000000', 'mn', '1')\n"
-        "local bal, at, burn = settle('acme', 3000)\n"
+        "local bal, at, burn = settle_credits('acme', 3000)\n"
         "return {int_str(bal), int_str(at), int_str(reschedule('acme', bal, at, burn))}",
     )
     # The expirer is to wake first for the low-balance warning, 600 s before.

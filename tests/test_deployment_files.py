@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.metrics import Metrics
 from daemon.settings import Settings, load_settings
+from daemon.webhooks import WebhookMetrics
 from tests.tools import find_promtool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,11 @@ SETTINGS = {
 }
 
 # Metrics of SPEC §5, plus the readiness gauge.
-HISTOGRAMS = {"lifecycle_expiry_lateness_seconds", "lifecycle_event_lag_seconds"}
+HISTOGRAMS = {
+    "lifecycle_expiry_lateness_seconds",
+    "lifecycle_event_lag_seconds",
+    "lifecycle_webhook_latency_seconds",
+}
 METRICS = {
     "lifecycle_events_total",
     "lifecycle_events_invalid_total",
@@ -89,11 +94,16 @@ METRICS = {
     "lifecycle_events_backlog",
     "lifecycle_partitions_consumed",
     "lifecycle_event_loop_lag_seconds",
+    "lifecycle_webhook_deliveries_total",
+    "lifecycle_webhook_backlog",
+    "lifecycle_webhook_dead_deliveries",
 } | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 
 
 def test_metrics_used_here_are_exported_by_the_daemon() -> None:
-    exposition = generate_latest(Metrics().registry).decode()
+    registry = Metrics().registry
+    WebhookMetrics(registry)  # registered on the same registry by the daemon
+    exposition = generate_latest(registry).decode()
     families = list(text_string_to_metric_families(exposition))
     # A labelled gauge exports no sample until its first label value is set: its name counts.
     exported = {sample.name for family in families for sample in family.samples}
@@ -837,6 +847,8 @@ REQUIRED_ALERTS = {
     "LifecycledConsumerLagGrowing": "lifecycle_event_lag_seconds_bucket",
     "LifecycledExpiryLate": "lifecycle_expiry_lateness_seconds_bucket",
     "LifecycledEventsDeadLettered": "lifecycle_events_invalid_total",
+    "LifecycledWebhookBacklogGrowing": "lifecycle_webhook_backlog",
+    "LifecycledWebhookDeliveriesDead": "lifecycle_webhook_deliveries_total",
 }
 
 
@@ -978,6 +990,10 @@ def test_dashboard_metrics_are_exported_ones() -> None:
         ("lifecycle_event_lag_seconds_bucket", "le"),
         ("lifecycle_redis_up", None),
         ("lifecycle_ready", None),
+        ("lifecycle_webhook_deliveries_total", "result"),
+        ("lifecycle_webhook_latency_seconds_bucket", "le"),
+        ("lifecycle_webhook_backlog", None),
+        ("lifecycle_webhook_dead_deliveries", None),
     ],
 )
 def test_dashboard_has_panel_for(metric: str, grouping: str | None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -36,6 +36,7 @@ from daemon.events import ParsedEvent, parse_entry
 from daemon.keys import GROUP
 from daemon.model import SessionRecord
 from daemon.settings import Settings
+from daemon.store import SessionView
 from tests.conftest import Harness
 from tests.model import METERED_PLANS, PartitionModel, Session, retry_after_bounds
 from tests.servers import ValkeyProcess, plans_without_rate_limits
@@ -120,6 +121,9 @@ def created(draw: st.DrawFn) -> Pub:
             ),
             auto_kill=draw(st.sampled_from([None, "true", "false", "0", "1", "TRUE"])),
             plan=draw(st.sampled_from([None, None, None, "free", "pro", "enterprise", "metered"])),
+            on_inactivity=draw(
+                st.sampled_from([None, None, "terminate", "pause", "pause", "sleep"])
+            ),
         ),
     )
 
@@ -147,8 +151,9 @@ def touched(draw: st.DrawFn) -> Pub:
     )
     kind = draw(st.sampled_from(["activity", "keepalive"]))
     sid, account = draw(owned)
+    source = draw(st.sampled_from([None, None, "ide", "a" * 64, "Bad!", ""]))
     fields = _fields(type=kind, session_id=sid, account_id=account,
-                     ts=ts if isinstance(ts, str) else None)  # fmt: skip
+                     ts=ts if isinstance(ts, str) else None, source=source)  # fmt: skip
     return Pub(draw(gaps), fields, ts if isinstance(ts, tuple) else None)
 
 
@@ -162,6 +167,13 @@ def ended(draw: st.DrawFn) -> Pub:
 
 
 @st.composite
+def paused_or_resumed(draw: st.DrawFn) -> Pub:
+    kind = draw(st.sampled_from(["pause", "resume"]))
+    sid, account = draw(owned)
+    return Pub(draw(gaps), _fields(type=kind, session_id=sid, account_id=account))
+
+
+@st.composite
 def billing(draw: st.DrawFn) -> Pub:
     status = draw(st.sampled_from(["ok"] * 4 + ["balance_depleted", "payment_failed"]))
     plan = draw(st.sampled_from([None, "free", "pro", "enterprise", "metered"]))
@@ -172,29 +184,55 @@ def billing(draw: st.DrawFn) -> Pub:
 malformed = st.builds(Pub, gaps, st.sampled_from(MALFORMED))
 # Creates and activity weigh most: they make the sessions everything else acts on.
 _KINDS = {"created": created(), "touched": touched(), "ended": ended(), "billing": billing(),
-          "credited": credited(), "malformed": malformed}  # fmt: skip
+          "paused": paused_or_resumed(), "credited": credited(),
+          "malformed": malformed}  # fmt: skip
 publications = st.sampled_from(
-    ["created"] * 4 + ["touched"] * 4 + ["ended"] * 2 + ["billing", "credited", "malformed"]
+    ["created"] * 4
+    + ["touched"] * 4
+    + ["ended"] * 2
+    + ["paused"] * 2
+    + ["billing", "credited", "malformed"]
 ).flatmap(_KINDS.__getitem__)
 
 
 def _record(rec: SessionRecord) -> tuple[Any, ...]:
-    return (rec.account_id, rec.plan, rec.status, rec.created_at, rec.expires_at,
+    # expires_at is null while paused (SPEC §8): the stored value then means nothing.
+    return (rec.account_id, rec.plan, rec.status, rec.created_at,
+            None if rec.paused else rec.expires_at,
             rec.last_activity_at, rec.inactivity_timeout_seconds, rec.max_lifetime_seconds,
-            rec.auto_kill, rec.terminated_at, rec.termination_reason, rec.credits_rate,
+            rec.auto_kill, rec.terminated_at, rec.termination_reason, rec.on_inactivity,
+            rec.run_ms, rec.resumed_at or rec.created_at, rec.paused_at, rec.pause_expires_at,
+            rec.paused_ms, rec.activity_count, rec.last_activity_source, rec.credits_rate,
             rec.metered_since, rec.credits_used_before)  # fmt: skip
 
 
 def _modelled(s: Session) -> tuple[Any, ...]:
-    return (s.account_id, s.plan, s.status, s.created_at, s.expires_at, s.last_activity_at,
-            s.inactivity_timeout_seconds, s.max_lifetime_seconds, s.auto_kill,
-            s.terminated_at, s.termination_reason, s.rate, s.metered_since,
+    return (s.account_id, s.plan, s.status, s.created_at, None if s.paused else s.expires_at,
+            s.last_activity_at, s.inactivity_timeout_seconds, s.max_lifetime_seconds,
+            s.auto_kill, s.terminated_at, s.termination_reason, s.on_inactivity, s.run_ms,
+            s.run_started_at, s.paused_at, s.pause_expires_at, s.paused_ms,
+            s.activity_count, s.last_activity_source, s.rate, s.metered_since,
             s.credits_used)  # fmt: skip
 
 
 def _sorted(commands: list[dict[str, str]]) -> list[list[tuple[str, str]]]:
     # Within one step the order of a billing hold's terminations is a set's order.
     return sorted(sorted(c.items()) for c in commands)
+
+
+async def answer(call: Awaitable[SessionView]) -> tuple[int, SessionView | None, int]:
+    """An API script call's status code, its view when 200, and a 429's Retry-After."""
+    try:
+        view = await call
+    except errors.SessionNotFound:
+        return 404, None, 0
+    except errors.PaymentRequired:
+        return 402, None, 0
+    except errors.SessionTerminated:
+        return 409, None, 0
+    except errors.ConcurrentSessionLimit as exc:
+        return 429, None, exc.retry_after
+    return 200, view, 0
 
 
 _plans_file: Path | None = None
@@ -355,10 +393,12 @@ class PartitionMachine(RuleBasedStateMachine):
     def expire(self) -> None:
         result = self.run(self.h.store.expire_due(self.h.pk))
         want = self.model.expire(result.now_ms)
-        got = (result.terminated, result.by_inactivity, result.next_due_ms, result.held,
+        got = (result.terminated, result.by_inactivity, result.by_paused_timeout,
+               result.paused, result.next_due_ms, result.held,
                sorted(result.lateness_ms), result.by_billing, result.depletions)  # fmt: skip
-        assert got == (want.terminated, want.by_inactivity, want.next_due_ms, want.held,
-                       want.lateness_ms, want.by_billing, want.depletions)  # fmt: skip
+        assert got == (want.terminated, want.by_inactivity, want.by_paused_timeout,
+                       want.paused, want.next_due_ms, want.held, want.lateness_ms,
+                       want.by_billing, want.depletions)  # fmt: skip
         assert result.warned == 0
 
     # The API, at the server's present
@@ -368,6 +408,7 @@ class PartitionMachine(RuleBasedStateMachine):
         timeout=st.sampled_from([None, 1, 2, 60, 3600, 3601, 14400, 14401]),
         inactivity=st.sampled_from([None, 1, 2, 300, 86400]),
         auto_kill=st.booleans(),
+        on_inactivity=st.sampled_from(["terminate", "pause"]),
     )
     def api_create(
         self,
@@ -375,6 +416,7 @@ class PartitionMachine(RuleBasedStateMachine):
         timeout: int | None,
         inactivity: int | None,
         auto_kill: bool,
+        on_inactivity: str,
     ) -> None:
         sid, account = owner
 
@@ -383,7 +425,7 @@ class PartitionMachine(RuleBasedStateMachine):
             retry = 0
             try:
                 view = await self.h.store.create_session(sid, account, timeout, inactivity,
-                                                         auto_kill)  # fmt: skip
+                                                         auto_kill, "", on_inactivity)  # fmt: skip
             except errors.PaymentRequired:
                 code = 402
             except errors.ConcurrentSessionLimit as exc:
@@ -401,7 +443,7 @@ class PartitionMachine(RuleBasedStateMachine):
                 assert retry_after_bounds(self.model, account, t1) <= retry <= high
             now = view.now_ms if code == 201 else t0
             assert code == self.model.api_create(sid, account, timeout, inactivity, auto_kill,
-                                                 now)  # fmt: skip
+                                                 now, on_inactivity)  # fmt: skip
 
         self.run(go())
 
@@ -409,17 +451,33 @@ class PartitionMachine(RuleBasedStateMachine):
     def api_keepalive(self, sid: str) -> None:
         async def go() -> None:
             t0 = await self.h.server_ms()
-            try:
-                view = await self.h.store.keepalive(sid)
-            except errors.SessionNotFound:
-                code = 404
-            except errors.PaymentRequired:
-                code = 402
-            except errors.SessionTerminated:
-                code = 409
-            else:
-                code = 200
-            assert code == self.model.api_keepalive(sid, view.now_ms if code == 200 else t0)
+            code, view, _ = await answer(self.h.store.keepalive(sid))
+            assert code == self.model.api_keepalive(sid, view.now_ms if view else t0)
+
+        self.run(go())
+
+    @rule(sid=sids)
+    def api_pause(self, sid: str) -> None:
+        async def go() -> None:
+            t0 = await self.h.server_ms()
+            code, view, _ = await answer(self.h.store.pause(sid))
+            now, changed = (view.now_ms, view.changed) if view else (t0, False)
+            assert self.model.api_pause(sid, now) == (code, changed)
+
+        self.run(go())
+
+    @rule(sid=sids)
+    def api_resume(self, sid: str) -> None:
+        async def go() -> None:
+            t0 = await self.h.server_ms()
+            code, view, retry = await answer(self.h.store.resume(sid))
+            changed = view.changed if view else False
+            if code == 429:
+                account = self.model.sessions[sid].account_id
+                t1 = await self.h.server_ms()
+                high = retry_after_bounds(self.model, account, t0)
+                assert retry_after_bounds(self.model, account, t1) <= retry <= high
+            assert self.model.api_resume(sid, view.now_ms if view else t0) == (code, changed)
 
         self.run(go())
 
@@ -441,14 +499,22 @@ class PartitionMachine(RuleBasedStateMachine):
         timeout=st.sampled_from([None, 1, 60, 300, 600, 3600, 3601, 14400]),
         inactivity=st.sampled_from([None, 1, 5, 300, 86400]),
         auto_kill=st.sampled_from([None, True, False]),
+        on_inactivity=st.sampled_from([None, None, "terminate", "pause"]),
     )
     def api_patch(
-        self, sid: str, timeout: int | None, inactivity: int | None, auto_kill: bool | None
+        self,
+        sid: str,
+        timeout: int | None,
+        inactivity: int | None,
+        auto_kill: bool | None,
+        on_inactivity: str | None,
     ) -> None:
         async def go() -> None:
             t0 = await self.h.server_ms()
             try:
-                view = await self.h.store.patch_session(sid, timeout, inactivity, auto_kill)
+                view = await self.h.store.patch_session(
+                    sid, timeout, inactivity, auto_kill, on_inactivity=on_inactivity
+                )
             except errors.SessionNotFound:
                 code = 404
             except errors.SessionTerminated:
@@ -457,7 +523,7 @@ class PartitionMachine(RuleBasedStateMachine):
                 code = 422
             else:
                 assert self.model.api_patch(sid, timeout, inactivity, auto_kill,
-                                            view.now_ms) == 200  # fmt: skip
+                                            view.now_ms, on_inactivity) == 200  # fmt: skip
                 assert _record(view.record) == _modelled(self.model.sessions[sid])
                 return
             # The refusal of a lifetime shorter than the time already run depends on the
@@ -661,11 +727,11 @@ def test_a_metered_session_ends_at_the_depletion_and_a_top_up_makes_the_account_
         assert m.model.sessions["b0"].termination_reason == "billing"
         assert m.model.account("beta").billing_status == "balance_depleted"
         assert m.model.account("beta").balance == 0
-        m.api_create(("b1", "beta"), None, None, True)
+        m.api_create(("b1", "beta"), None, None, True, "terminate")
         assert "b1" not in m.model.sessions  # 402 balance_depleted
         m.api_top_up("beta", "25", "k1")
         assert m.model.account("beta").billing_status == "ok"
-        m.api_create(("b1", "beta"), None, None, True)
+        m.api_create(("b1", "beta"), None, None, True, "terminate")
         m.agrees_with_the_model()
         assert m.model.sessions["b1"].rate == 7_500_000
     finally:
@@ -722,5 +788,29 @@ def test_a_lagging_stop_before_the_balance_ran_out_gives_back_the_rest(
         # What it used, to the micro-credit (the charge and the refund each round down).
         assert account.balance is not None and account.depletes_at is None
         assert 0 <= 10_000 - b0.credits_used - account.balance <= 1
+    finally:
+        m.teardown()
+
+
+def test_inactivity_pause_then_a_late_resume_resumes_it(valkey: ValkeyProcess) -> None:
+    """An inactivity pause held for an in-time activity, then a resume entry that arrives
+    after the next deadline: paused there, then resumed, one command each."""
+    m = _scenario(valkey.url)
+    try:
+        m.publish([_created(0, "a0", "acme", inactivity_timeout_seconds="60", plan="pro",
+                            timeout_seconds="7200", on_inactivity="pause")],
+                  "consume")  # fmt: skip
+        m.publish([Pub(30_000, _fields(type="activity", session_id="a0", account_id="acme"))],
+                  "deliver+expire")  # fmt: skip
+        m.agrees_with_the_model()
+        assert m.model.sessions["a0"].status == "ready"
+        m.apply_delivered()
+        m.publish([Pub(600_000, _fields(type="resume", session_id="a0", account_id="acme"))],
+                  "consume")  # fmt: skip
+        m.agrees_with_the_model()
+        session = m.model.sessions["a0"]
+        assert session.status == "running" and session.run_ms == 90_000
+        assert [c["type"] for c in m.model.commands] == ["pause", "resume"]
+        assert m.model.commands[0]["deadline"] == str(session.created_at + 90_000)
     finally:
         m.teardown()

@@ -18,6 +18,8 @@ from daemon.publisher import (
     EventPublisher,
     Keepalive,
     PartitionsUnknown,
+    Pause,
+    Resume,
     Terminate,
     Terminated,
 )
@@ -125,6 +127,10 @@ async def _status_is(client: LifecycleClient, session_id: str, status: str) -> A
         (Terminated(session_id="s", account_id="é"), "account_id"),
         (Billing(account_id="acme", billing_status="maybe"), "billing_status"),
         (Billing(account_id="acme", billing_status="ok", plan="gold"), "plan"),
+        (Created(session_id="s", account_id="acme", on_inactivity="sleep"), "on_inactivity"),
+        (Keepalive(session_id="s", account_id="acme", source="Bad Source"), "source"),
+        (Pause(session_id="s", account_id="bad id"), "account_id"),
+        (Resume(session_id="", account_id="acme"), "session_id"),
     ],
 )
 async def test_a_malformed_event_raises_at_the_call_and_sends_nothing(

@@ -61,9 +61,9 @@ async def test_sdk_example_runs_twice_on_a_free_account(daemons: Start) -> None:
         assert code == 0, err
         lines = out.splitlines()
         assert re.fullmatch(r"ses_\S+ ready \S+ \S+", lines[0]), lines
-        assert lines[1:3] == ["requested", "404 session_not_found"], lines
-        assert re.fullmatch(r"retry in [0-9.]+ s", lines[3]), lines
-        assert len(lines) == 4, lines
+        assert lines[1:4] == ["paused running", "requested", "404 session_not_found"], lines
+        assert re.fullmatch(r"retry in [0-9.]+ s", lines[4]), lines
+        assert len(lines) == 5, lines
     async with LifecycleClient(d.api) as client:
         assert await client.sessions("acme") == []
 

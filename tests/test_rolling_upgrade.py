@@ -87,6 +87,7 @@ class RollingUpgrade(Chaos):
     """No random faults: 0.2 alone, then 0.2 and current together, then current alone."""
 
     initial_replicas = 2
+    pauses = False  # pausing waits until every replica runs 0.3 (docs/operations.md)
     metered = ()  # top-ups wait until every replica runs 0.3
 
     def __init__(self, workdir: Path, seconds: float, seed: int, old: Path) -> None:

@@ -193,7 +193,8 @@ async def test_terminate_event_emits_requested_with_request_time(harness: Make) 
     assert rec.terminated_at == int(entry.split("-")[0])
     assert int(cmd["duration_ms"]) == rec.terminated_at - rec.created_at
     assert set(cmd) == {"type", "session_id", "account_id", "reason", "deadline", "emitted_at",
-                        "created_at", "duration_ms", "credits_used"}  # fmt: skip
+                        "created_at", "duration_ms", "running_ms", "credits_used"}  # fmt: skip
+    assert cmd["running_ms"] == cmd["duration_ms"]  # never paused
 
 
 async def test_terminated_event_is_external_without_command(harness: Make) -> None:
@@ -355,9 +356,14 @@ async def test_auto_kill_false_runs_to_max_lifetime(harness: Make) -> None:
     assert result.next_due_ms == rec.expires_at
 
 
-async def test_lag_safe_hold_waits_for_activity_in_the_stream(harness: Make) -> None:
+@pytest.mark.parametrize("on_inactivity", ["terminate", "pause"])
+async def test_lag_safe_hold_waits_for_activity_in_the_stream(
+    harness: Make, on_inactivity: str
+) -> None:
+    """Daytona#5154: a session ended while its activity waited in the stream. The
+    inactivity pause (SPEC §8) waits for the consumer exactly as the termination does."""
     h: Harness = await harness()
-    rec = (await h.store.create_session("s1", "acme", 600, 2, True)).record
+    rec = (await h.store.create_session("s1", "acme", 600, 2, True, "", on_inactivity)).record
     while await h.server_ms() < rec.created_at + 1000:
         await asyncio.sleep(0.05)
     # The activity enters the stream before the deadline but is not applied yet.
@@ -366,13 +372,14 @@ async def test_lag_safe_hold_waits_for_activity_in_the_stream(harness: Make) -> 
     while await h.server_ms() <= (rec.idle_expires_at or 0):
         await asyncio.sleep(0.05)
     held = await h.store.expire_due(h.pk)
-    assert held.terminated == 0 and held.held
+    assert held.terminated == 0 and held.paused == 0 and held.held
     await h.consume()
     after = await h.store.expire_due(h.pk)
-    assert after.terminated == 0 and not after.held
+    assert after.terminated == 0 and after.paused == 0 and not after.held
     rec2 = (await h.store.get_session("s1")).record
     assert rec2.status == "running"
     assert rec2.idle_expires_at == int(entry.split("-")[0]) + 2000
+    assert await h.commands() == []
 
 
 async def test_lag_safe_hold_never_delays_max_lifetime(harness: Make) -> None:

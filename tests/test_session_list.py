@@ -64,11 +64,18 @@ async def test_pages_walk_every_partition_and_list_each_live_session_once(
     async with aiohttp.ClientSession() as http:
         status, body = await _get(http, f"{d.api}/v1/sessions?limit=5")
         assert status == 200 and set(body) == {"sessions", "next"} and body["next"]
-        for bad in ("limit=0", "limit=1001", "limit=ten", "after=nope", "after=0:-1"):
+        for bad in (
+            "limit=0",
+            "limit=1001",
+            "limit=ten",
+            "after=nope",
+            "after=0:-1",
+            "after=3:" + "9" * 20,
+        ):
             status, body = await _get(http, f"{d.api}/v1/sessions?{bad}")
             assert (status, body["error"]) == (422, "invalid_request"), (bad, body)
         # A well-formed cursor past the end: an empty last page.
-        for past in ("4:0", "3:99999999999999999999"):
+        for past in ("4:0",):
             status, body = await _get(http, f"{d.api}/v1/sessions?after={past}")
             assert (status, body) == (200, {"sessions": [], "next": None}), (past, body)
 

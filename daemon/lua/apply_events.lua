@@ -9,9 +9,12 @@
              under it (fencing: a paused or superseded consumer cannot apply anything)
     ARGV[11] consumer group
     ARGV[12...] entries, each: entry id, op, argument count n, n arguments
-      'C' created    session, account, timeout, inactivity, auto_kill, plan
+      'C' created    session, account, timeout, inactivity, auto_kill, plan,
+                     on_inactivity ('p' pause, '' terminate)
       'A' activity   session, account, ts ('' = the entry's time), source ('' = stream)
       'K' keepalive  session, account, ts, source
+      'P' pause      session, account
+      'R' resume     session, account         (admitted like a create)
       'T' terminate  session, account, reason
       'X' terminated session, account       (reported gone: reason external, no command)
       'B' billing    account, billing status, plan ('' = unchanged)
@@ -22,10 +25,11 @@
     {-2} an entry older than the batch is pending (the caller claims and applies it first)
     {now, earliest new deadline or -1, outcome per entry...}; outcomes: 'applied',
     'ended:<reason>' (terminate, terminated), 'ended:<count>' (billing: sessions held),
-    'ignored:<reason>', 'rejected:<code>', 'dead', 'skipped' (no longer pending: an
-    earlier call applied it)
-  Streams written: commands (terminate, rejected), dead (dead-lettered entries; a credits
-  top-up that would take the balance over its maximum too).
+    'paused:<reason>' (pause; or a deadline that pauses, passed before the entry
+    arrived), 'resumed', 'ignored:<reason>', 'rejected:<code>', 'dead', 'skipped' (no
+    longer pending: an earlier call applied it)
+  Streams written: commands (terminate, pause, resume, rejected), dead (dead-lettered
+  entries; a credits top-up that would take the balance over its maximum too).
   The events stream is trimmed to the earliest entry some group has not applied.
 ]]
 --- @include "common"
@@ -40,6 +44,19 @@ if ARGV[12] then
   local oldest = redis.call('XPENDING', K_EVENTS, group, '-', '+', 1)
   if #oldest > 0 and id_less(oldest[1][1], ARGV[12]) then return {-2} end
 end
+-- A refused create or resume: its `rejected` command; returns the outcome.
+local function reject(sid, account, code, value)
+  local message
+  if code == -402 then message = 'payment required: billing status is ' .. value
+  elseif code == -429 then message = 'concurrent session limit reached; retry in '
+    .. value .. ' s'
+  elseif code == -409 then message = 'session ' .. sid .. ' already exists'
+  else message = value end
+  emit('type', 'rejected', 'session_id', sid, 'account_id', account,
+    'code', tostring(-code), 'error', message)
+  return 'rejected:' .. tostring(-code)
+end
+
 local now = now_ms()
 local wake = -1
 local out = {now, 0}
@@ -65,20 +82,12 @@ while i <= #ARGV do
       local sid, account, plan = ARGV[a], ARGV[a + 1], ARGV[a + 5]
       if plan ~= '' then redis.call('HSETNX', account_key(account), 'plan', plan) end
       local code, value = create_session(sid, account, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-        '', at)
+        '', at, ARGV[a + 6])
       if code == 1 then
         outcome = 'applied'
         if wake < 0 or value < wake then wake = value end
       else
-        local message
-        if code == -402 then message = 'payment required: billing status is ' .. value
-        elseif code == -429 then message = 'concurrent session limit reached; retry in '
-          .. value .. ' s'
-        elseif code == -409 then message = 'session ' .. sid .. ' already exists'
-        else message = value end
-        emit('type', 'rejected', 'session_id', sid, 'account_id', account,
-          'code', tostring(-code), 'error', message)
-        outcome = 'rejected:' .. tostring(-code)
+        outcome = reject(sid, account, code, value)
       end
     elseif op == 'T' or op == 'X' then
       local sid, account = ARGV[a], ARGV[a + 1]
@@ -90,6 +99,33 @@ while i <= #ARGV do
         if op == 'T' then reason = ARGV[a + 2] end
         if terminate(sid, reason, at, now) then outcome = 'ended:' .. reason
         else outcome = 'ignored:terminated' end
+      end
+    elseif op == 'P' or op == 'R' then
+      local sid, account = ARGV[a], ARGV[a + 1]
+      local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+      if not h[1] or h[8] ~= account then
+        outcome = 'ignored:unknown_session'
+      elseif h[1] == 't' then
+        outcome = 'ignored:terminated'
+      else
+        outcome = overdue(sid, h, at, now)
+        -- A resume that came after an inactivity pause's deadline resumes that pause.
+        if op == 'R' and outcome == 'paused:inactivity' then outcome = nil end
+      end
+      if outcome then  -- decided above
+      elseif op == 'P' then
+        if pause(sid, 'requested', at, now) then outcome = 'paused:requested'
+        else outcome = 'ignored:paused' end
+      else
+        local code, value = resume(sid, at, now)
+        if code == 1 then
+          outcome = 'resumed'
+          if wake < 0 or value < wake then wake = value end
+        elseif code == 0 then
+          outcome = 'ignored:not_paused'
+        else
+          outcome = reject(sid, account, code, value)
+        end
       end
     elseif op == 'B' then
       outcome = 'ended:' .. set_billing(ARGV[a], ARGV[a + 1], ARGV[a + 2], at, now)

@@ -1,6 +1,8 @@
 --[[
   Terminate the sessions of one partition whose deadline has passed, each with its
-  terminate command, in batches; and send due `expiring` warnings.
+  terminate command, in batches (a session with on_inactivity = pause is paused at its
+  inactivity deadline instead, with its pause command); and send due `expiring`
+  warnings. A paused session's deadline is its pause_expires_at (paused_timeout).
 
   Lag-safe rule: an inactivity deadline D fires only when every events-stream entry
   whose time is <= D has been applied (not pending, not undelivered), so activity
@@ -14,12 +16,15 @@
   reason billing, deadline = that moment; due low_balance warnings are sent.
 
   Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
-           terminated for inactivity, terminated at depletions, depletions,
-           low_balance warnings, lateness of each termination (ms)...}
+  Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
+           terminated for inactivity, terminated for paused_timeout, paused for
+           inactivity, terminated at depletions, depletions, low_balance warnings,
+           lateness of each termination or pause (ms)...}
     held = 1 when a passed inactivity deadline waits for the consumer; the next deadline
     leaves it out
-  Commands: terminate (max_lifetime | inactivity, deadline = the deadline that
-  passed; billing at a depletion), expiring, low_balance.
+  Commands: terminate (max_lifetime | inactivity | paused_timeout, deadline = the
+  deadline that passed; billing at a depletion), pause (inactivity, deadline = the
+  inactivity deadline), expiring, low_balance.
 ]]
 --- @include "common"
 --- @include "stream"
@@ -30,17 +35,19 @@ local now = now_ms()
 
 local idle_limit = inactivity_limit(group, now)
 
-local done, by_inactivity, lateness = 0, 0, {}
+local done, by_inactivity, by_paused, paused, lateness = 0, 0, 0, 0, {}
 local batch_done = {}
 local gone = {}  -- members to take out of the deadlines set, once for the whole batch
 
--- A live session's record ({s, a, c, ...}, as terminate reads it), its deadline and the
--- reason it ends with; nil for a session unknown or terminated.
+-- A live session's record ({s, a, c, n, y, qa, qt, ...}, as terminate reads it), its
+-- deadline, the reason it ends with and whether it pauses instead; nil for a session
+-- unknown, terminated, or paused with no pause deadline.
 local function live(sid)
-  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'e', 'l', 'i', 'k', 'ma')
-  if not h[1] or h[1] == 't' then return nil end
-  local deadline, reason = deadline_of(tonumber(h[4]), tonumber(h[5]), tonumber(h[6]), h[7])
-  return h, deadline, reason
+  local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'n', 'y', 'qa', 'qt',
+    'e', 'l', 'i', 'k', 'o', 'qe', 'ma')
+  if not h[1] or h[1] == 't' or (h[1] == 'p' and not h[13]) then return nil end
+  local deadline, reason, pauses = next_deadline({h[1], h[8], h[9], h[10], h[11], h[12], h[13]})
+  return h, deadline, reason, pauses
 end
 
 -- Depletion moments already passed, as the pass starts (account -> ms).
@@ -48,13 +55,23 @@ local passed = {}
 local due_now = redis.call('ZRANGEBYSCORE', K_DEPLETIONS, '-inf', now, 'WITHSCORES')
 for j = 1, #due_now, 2 do passed[due_now[j]] = tonumber(due_now[j + 1]) end
 
--- Terminate a due session; false (nothing done) for a metered one whose account's
--- balance ran out at or before its deadline: it ends at that depletion (below).
-local function expire(sid, reason, deadline, h)
-  if h[8] and passed[h[2]] and passed[h[2]] <= deadline then return false end
+-- Returns true when the session leaves the deadlines set (terminated); a paused one
+-- stays in it under its pause deadline. A running metered one whose account's balance
+-- ran out at or before its deadline is left (false, true): it ends at that depletion
+-- (below).
+local function expire(sid, reason, deadline, h, pauses)
+  if h[14] and passed[h[2]] and passed[h[2]] <= deadline then return false, true end
+  if pauses then
+    if pause(sid, 'inactivity', deadline, now) then
+      paused = paused + 1
+      lateness[#lateness + 1] = now - deadline
+    end
+    return false
+  end
   if terminate(sid, reason, deadline, now, h, batch_done) then
     done = done + 1
     if reason == 'inactivity' then by_inactivity = by_inactivity + 1 end
+    if reason == 'paused_timeout' then by_paused = by_paused + 1 end
     lateness[#lateness + 1] = now - deadline
   end
   return true
@@ -68,11 +85,12 @@ end
 local held_due = redis.call('ZRANGEBYSCORE', K_HELD, '-inf', idle_limit, 'LIMIT', 0, batch)
 local still_held = {}
 for _, sid in ipairs(held_due) do
-  local h, deadline, reason = live(sid)
+  local h, deadline, reason, pauses = live(sid)
   if h and deadline <= idle_limit then
-    if expire(sid, reason, deadline, h) then
+    local leaves, deferred = expire(sid, reason, deadline, h, pauses)
+    if leaves then
       gone[#gone + 1] = sid
-    else
+    elseif deferred then
       still_held[#still_held + 1] = {deadline, sid}
     end
   end
@@ -84,20 +102,20 @@ local room = batch - #held_due
 if room > 0 then
   local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, room)
   for _, sid in ipairs(due) do
-    local h, deadline, reason = live(sid)
+    local h, deadline, reason, pauses = live(sid)
     if not h then
       gone[#gone + 1] = sid
     else
-      local e = tonumber(h[4])
+      local e = tonumber(h[8])
       if reason == 'inactivity' and deadline > idle_limit then
         if e <= now then
-          if expire(sid, 'max_lifetime', e, h) then gone[#gone + 1] = sid end
+          if expire(sid, 'max_lifetime', e, h, false) then gone[#gone + 1] = sid end
         else
           redis.call('ZADD', K_HELD, deadline, sid)
           redis.call('ZADD', K_DEADLINES, e, sid)
         end
       elseif deadline <= now then
-        if expire(sid, reason, deadline, h) then gone[#gone + 1] = sid end
+        if expire(sid, reason, deadline, h, pauses) then gone[#gone + 1] = sid end
       else
         redis.call('ZADD', K_DEADLINES, deadline, sid)  -- a stale score: repair it
       end
@@ -141,7 +159,7 @@ if WARN_MS > 0 then
     redis.call('ZREM', K_WARN, sid)
     local key = session_key(sid)
     local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k')
-    if h[1] and h[1] ~= 't' then
+    if h[1] and h[1] ~= 't' and h[1] ~= 'p' then
       local deadline, reason = deadline_of(tonumber(h[3]), tonumber(h[4]), tonumber(h[5]), h[6])
       redis.call('HSET', key, 'w', deadline)
       emit('type', 'expiring', 'session_id', sid, 'account_id', h[2], 'reason', reason,
@@ -185,7 +203,7 @@ for _, key in ipairs({K_DEPLETIONS, K_LOWBAL}) do
     next_due = tonumber(head[2])
   end
 end
-local out = {done, next_due, now, held, warned, by_inactivity, by_billing, depletions,
-  low_warned}
+local out = {done, next_due, now, held, warned, by_inactivity, by_paused, paused, by_billing,
+  depletions, low_warned}
 for _, ms in ipairs(lateness) do out[#out + 1] = ms end
 return out

@@ -6,14 +6,16 @@
     ARGV[10] claim_ms (how long a claimed attempt holds its delivery)
     ARGV[11...] pairs: endpoint id, most deliveries to claim for it
   Output: {now, next due (ms, -1 if none) of the endpoints with room,
+           deliveries of the named endpoints not yet delivered nor dead (the backlog),
+           their dead deliveries,
            then per claimed delivery: member, endpoint id, attempt number, type, JSON}
 ]]
 --- @include "common"
 
 local claim_ms = tonumber(ARGV[10])
 local now = now_ms()
-local out = {now, -1}
-local next_due = -1
+local out = {now, -1, 0, 0}
+local next_due, backlog, dead = -1, 0, 0
 for i = 11, #ARGV, 2 do
   local wid, room = ARGV[i], tonumber(ARGV[i + 1])
   if room > 0 then
@@ -38,6 +40,8 @@ for i = 11, #ARGV, 2 do
       next_due = tonumber(head[2])
     end
   end
+  backlog = backlog + redis.call('ZCARD', BASE .. 'wh:due:' .. wid)
+  dead = dead + redis.call('ZCARD', BASE .. 'wh:dead:' .. wid)
 end
-out[2] = next_due
+out[2], out[3], out[4] = next_due, backlog, dead
 return out

@@ -31,10 +31,19 @@
     ARGV[9] further settings, "name=value,..." (read as OPT.name; see Store.options)
     ARGV[10...] the script's own arguments
 
-  Session hash fields: a account, p plan, s status (r ready, u running, t terminated),
-  c created_at, e expires_at, l last_activity_at (ms), i inactivity timeout (s),
-  k auto_kill "1"/"0", t terminated_at (ms), x termination reason, w the deadline an
-  expiring warning was sent for. The maximum lifetime is (e - c) / 1000: not stored.
+  Session hash fields: a account, p plan, s status (r ready, u running, p paused,
+  t terminated), c created_at, e expires_at, l last_activity_at (ms), i inactivity
+  timeout (s), k auto_kill "1"/"0", t terminated_at (ms), x termination reason, w the
+  deadline an expiring warning was sent for; pause and resume (absent = the value of a
+  session never paused): o on_inactivity ("p" pause; absent: terminate), n running ms
+  before the current run (0; the total once terminated), y start of the current run
+  (resumed_at; c), qa paused_at, qe pause_expires_at (absent: the pause never times
+  out), qt paused ms before the current pause (0), qs source of the last activity or
+  keepalive, qc count of activities and keepalives applied.
+  While running, e = y + (max lifetime - n): the maximum lifetime is (e - y + n) / 1000,
+  not stored, and e is the session's deadline as in 0.2. While paused, e is left as it
+  was at the pause (the maximum lifetime is (e - qa + n) / 1000) and the session's
+  deadlines member is qe; it is in no live set.
   Credit fields (m...) of sessions and accounts: see includes/credits.lua.
 ]]
 local K_EVENTS, K_COMMANDS, K_DEAD = KEYS[1], KEYS[2], KEYS[3]
@@ -110,15 +119,30 @@ end
 -- The single place a session becomes terminated. Returns false (and writes nothing)
 -- when it is unknown or already terminated: this check is what makes the terminate
 -- command exactly-once across retries, crashes and replicas.
--- ``loaded``: the session's {status, account, created_at} when the caller has read them.
+-- ``loaded``: the session's {s, a, c, n, y, qa, qt} when the caller has read them.
 -- ``batch``: expire_due's batch, which takes the session out of the deadlines set and
 -- its account's live set once for the whole batch (see flush_batch). A held entry of
 -- the session is left for expire_due to drop when it next reads it.
+-- The record keeps the session's running time in n (running_ms of the command) and,
+-- when it ends paused, its paused time in qt. A session never ends before its current
+-- run or pause began (a stream entry older than the API call that started it ends it
+-- at that start).
 local function terminate(sid, reason, deadline, now, loaded, batch)
   local key = session_key(sid)
-  local h = loaded or redis.call('HMGET', key, 's', 'a', 'c')
+  local h = loaded or redis.call('HMGET', key, 's', 'a', 'c', 'n', 'y', 'qa', 'qt')
   if not h[1] or h[1] == 't' then return false end
-  redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason)
+  local created = tonumber(h[3])
+  local run = tonumber(h[4] or '0')
+  local since = tonumber(h[5] or h[3])
+  if h[1] == 'p' then since = tonumber(h[6]) end
+  if deadline < since then deadline = since end
+  if h[1] == 'p' then
+    local qt = tonumber(h[7] or '0') + (deadline - since)
+    redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason, 'n', run, 'qt', qt)
+  else
+    run = run + (deadline - since)
+    redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason, 'n', run)
+  end
   local used = meter_stop(h[2], sid, deadline)
   if batch then
     local of_account = batch[h[2]]
@@ -135,10 +159,10 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
   redis.call('PEXPIRE', key, RETENTION_MS)
   timeline_add(sid, 'terminated', now, {reason = reason, deadline = deadline})
   if reason ~= 'external' then
-    local created = tonumber(h[3])
     emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
       'deadline', deadline, 'emitted_at', now, 'created_at', created,
-      'duration_ms', math.max(0, deadline - created), 'credits_used', credits_text(used))
+      'duration_ms', math.max(0, deadline - created), 'running_ms', run,
+      'credits_used', credits_text(used))
   end
   return true
 end
@@ -165,27 +189,37 @@ local function retry_after_seconds(account, now)
   return math.max(1, math.ceil((earliest - now) / 1000))
 end
 
+-- Admission (SPEC §2, in its order) of one more live session of the account at time at:
+-- plan name and limits, then nil, or -402, billing status | -429, retry-after seconds.
+local function admit(account, at)
+  local plan_name, billing = account_state(account)
+  local plan = plan_limits(plan_name)
+  if billing ~= 'ok' then return plan_name, plan, -402, billing end
+  if plan.credits_per_hour_micro >= 0 then
+    -- Used up, before the expirer has reached the depletion (SPEC §7).
+    local balance = credit_state(account, at)
+    if balance and balance <= 0 then return plan_name, plan, -402, 'balance_depleted' end
+  end
+  if plan.max_concurrent >= 0
+     and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
+    return plan_name, plan, -429, retry_after_seconds(account, at)
+  end
+  return plan_name, plan
+end
+
 --[[
   Admission (SPEC §2, in its order) and creation of a session.
-  timeout and inactivity are strings ('' = default); auto_kill '1'/'0';
+  timeout and inactivity are strings ('' = default); auto_kill '1'/'0'; on_inactivity
+  'p' (pause) or '' (terminate);
   deferred_error: a field error found by the caller, reported after billing and limits.
   Returns 1, the earliest time the expirer must look (the session's deadline, or sooner its
   account's depletion or low-balance warning) | -402, billing status | -429, retry-after seconds
         | -422, message | -409, ''
 ]]
 local function create_session(sid, account, timeout, inactivity, auto_kill, deferred_error,
-                              created_at)
-  local plan_name, billing = account_state(account)
-  if billing ~= 'ok' then return -402, billing end
-  local plan = plan_limits(plan_name)
-  if plan.credits_per_hour_micro >= 0 then
-    local balance = credit_state(account, created_at)
-    if balance and balance <= 0 then return -402, 'balance_depleted' end
-  end
-  if plan.max_concurrent >= 0
-     and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
-    return -429, retry_after_seconds(account, created_at)
-  end
+                              created_at, on_inactivity)
+  local plan_name, plan, code, value = admit(account, created_at)
+  if code then return code, value end
   if deferred_error ~= '' then return -422, deferred_error end
   local m = tonumber(timeout) or math.min(3600, plan.max_duration)
   if m > plan.max_duration then
@@ -199,6 +233,7 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
   local e = created_at + m * 1000
   redis.call('HSET', key, 'a', account, 'p', plan_name, 's', 'r', 'c', created_at,
     'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
+  if on_inactivity == 'p' then redis.call('HSET', key, 'o', 'p') end
   redis.call('SADD', live_key(account), sid)
   local metering = meter_start(account, sid, created_at)
   timeline_add(sid, 'created', created_at)
@@ -207,39 +242,137 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
 end
 
 --[[
-  Activity or keepalive at time ts (ms). Moves last_activity_at forward only; an
-  activity also turns a ready session running. Returns 'applied' or 'ignored:<why>'.
+  The single place a ready or running session becomes paused, at time ``at`` (an
+  inactivity deadline, or the time of the request), with its `pause` command. Returns
+  false (and writes nothing) unless the session is ready or running: as for terminate,
+  this check makes the command exactly-once. Otherwise returns the session's new
+  deadline, its pause_expires_at (at + the plan's max_paused_seconds), or -1 when the
+  plan's pauses never time out. The run since y is added to n; the session leaves its
+  account's live set.
+]]
+local function pause(sid, reason, at, now)
+  local key = session_key(sid)
+  local h = redis.call('HMGET', key, 's', 'a', 'c', 'n', 'y')
+  if h[1] ~= 'r' and h[1] ~= 'u' then return false end
+  local since = tonumber(h[5] or h[3])
+  if at < since then at = since end
+  local run = tonumber(h[4] or '0') + (at - since)
+  local limit = plan_limits((account_state(h[2]))).max_paused
+  local expires = -1
+  if limit >= 0 then
+    expires = at + limit * 1000
+    redis.call('HSET', key, 's', 'p', 'n', run, 'qa', at, 'qe', expires)
+    redis.call('ZADD', K_DEADLINES, expires, sid)
+  else
+    redis.call('HSET', key, 's', 'p', 'n', run, 'qa', at)
+    redis.call('HDEL', key, 'qe')
+    redis.call('ZREM', K_DEADLINES, sid)
+  end
+  redis.call('SREM', live_key(h[2]), sid)
+  if WARN_MS > 0 then redis.call('ZREM', K_WARN, sid) end
+  meter_stop(h[2], sid, at)
+  timeline_add(sid, 'paused', at, {reason = reason})
+  emit('type', 'pause', 'session_id', sid, 'account_id', h[2], 'reason', reason,
+    'deadline', at, 'emitted_at', now)
+  return expires
+end
+
+--[[
+  Admission (SPEC §2 order, as for a create) and resumption of a paused session at time
+  ``at`` (never before it paused): the lifetime left is what it was at the pause, the
+  inactivity deadline starts again from ``at`` (last_activity_at = at), and the session
+  rejoins its account's live set; one `resume` command.
+  Returns 1, the earliest time the expirer must look (as create_session) | 0 not paused (nothing written) | -402, billing status
+        | -429, retry-after seconds
+]]
+local function resume(sid, at, now)
+  local key = session_key(sid)
+  local h = redis.call('HMGET', key, 's', 'a', 'e', 'i', 'k', 'w', 'qa', 'qt')
+  if h[1] ~= 'p' then return 0 end
+  local account = h[2]
+  local _, _, code, value = admit(account, now)
+  if code then return code, value end
+  local qa = tonumber(h[7])
+  if at < qa then at = qa end
+  local e = tonumber(h[3]) + (at - qa)
+  redis.call('HSET', key, 's', 'u', 'e', e, 'y', at, 'l', at,
+    'qt', tonumber(h[8] or '0') + (at - qa))
+  redis.call('HDEL', key, 'qa', 'qe')
+  redis.call('SADD', live_key(account), sid)
+  local metering = meter_start(account, sid, at)
+  timeline_add(sid, 'resumed', at)
+  emit('type', 'resume', 'session_id', sid, 'account_id', account, 'emitted_at', now)
+  local deadline = schedule(sid, e, at, tonumber(h[4]), h[5], h[6])
+  return 1, math.min(deadline, metering or deadline)
+end
+
+-- What a live session's next deadline is and what it does: deadline (ms or nil), reason,
+-- and whether it pauses instead of terminating. h: {s, e, l, i, k, o, qe}.
+local function next_deadline(h)
+  if h[1] == 'p' then return tonumber(h[7]), 'paused_timeout', false end
+  local deadline, reason = deadline_of(tonumber(h[2]), tonumber(h[3]), tonumber(h[4]), h[5])
+  return deadline, reason, reason == 'inactivity' and h[6] == 'p'
+end
+
+-- The fields next_deadline reads, in its order.
+local DEADLINE_FIELDS = {'s', 'e', 'l', 'i', 'k', 'o', 'qe'}
+
+-- Let a passed deadline do what it does, at that deadline: pause or terminate.
+-- Returns the outcome: 'paused:inactivity', 'ended:<reason>', or nil if nothing changed.
+local function fire(sid, deadline, reason, pauses, now)
+  if pauses then
+    if pause(sid, 'inactivity', deadline, now) then return 'paused:inactivity' end
+  elseif terminate(sid, reason, deadline, now) then
+    return 'ended:' .. reason
+  end
+  return nil
+end
+
+-- A stream entry that arrived after the session's deadline came too late: the deadline
+-- passed without it (every earlier entry has been applied, in stream order), so what
+-- the deadline does happens now, at that deadline. h as next_deadline reads it.
+-- Returns the outcome, or nil when the entry arrived in time.
+local function overdue(sid, h, arrived, now)
+  local deadline, reason, pauses = next_deadline(h)
+  if deadline == nil or deadline >= arrived then return nil end
+  return fire(sid, deadline, reason, pauses, now)
+end
+
+--[[
+  Activity or keepalive at time ts (ms), from ``source``. Moves last_activity_at forward
+  only; an activity also turns a ready session running; counts it (qc) and records its
+  source (qs). A paused session is not resumed by it. Returns 'applied' or
+  'ignored:<why>'.
   arrived: when a stream entry entered the stream (nil through the API). An entry that
-  arrived after the session's deadline came too late: the deadline passed without it
-  (every earlier entry has been applied, in stream order), so the session ends at that
-  deadline now, and 'ended:<reason>' is returned.
+  arrived after the session's deadline came too late (see overdue): its outcome is that
+  of the deadline.
 ]]
 local function touch(sid, account, ts, is_activity, arrived, now, source)
   local key = session_key(sid)
-  local h = redis.call('HMGET', key, 's', 'a', 'e', 'l', 'i', 'k', 'w')
-  if not h[1] then return 'ignored:unknown_session' end
-  if h[2] ~= account then return 'ignored:unknown_session' end
+  local h = redis.call('HMGET', key, 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a', 'w')
+  if not h[1] or h[8] ~= account then return 'ignored:unknown_session' end
   if h[1] == 't' then return 'ignored:terminated' end
-  local l = tonumber(h[4])
   if arrived then
-    local deadline, reason = deadline_of(tonumber(h[3]), l, tonumber(h[5]), h[6])
-    if deadline < arrived then
-      terminate(sid, reason, deadline, now)
-      return 'ended:' .. reason
-    end
+    local outcome = overdue(sid, h, arrived, now)
+    if outcome then return outcome end
   end
+  if h[1] == 'p' then return 'ignored:paused' end
+  local l = tonumber(h[3])
   if ts < l then return 'ignored:stale' end
+  redis.call('HINCRBY', key, 'qc', 1)
+  local fields = {'qs', source}
   if is_activity and h[1] == 'r' then
-    redis.call('HSET', key, 's', 'u')
+    fields[3], fields[4] = 's', 'u'
     timeline_add(sid, 'running', ts, {source = source})
   else
     timeline_touch(sid, is_activity and 'activity' or 'keepalive', source, ts)
   end
   if ts > l then
-    redis.call('HSET', key, 'l', ts)
+    fields[#fields + 1], fields[#fields + 2] = 'l', ts
     -- Without auto_kill the deadline is the maximum lifetime, which activity never moves.
-    if h[6] == '1' then schedule(sid, tonumber(h[3]), ts, tonumber(h[5]), h[6], h[7]) end
+    if h[5] == '1' then schedule(sid, tonumber(h[2]), ts, tonumber(h[4]), h[5], h[9]) end
   end
+  redis.call('HSET', key, unpack(fields))
   return 'applied'
 end
 

@@ -6,7 +6,7 @@
   meter_stop(account, sid, t): a session stops running (every termination path, pause):
   its rate leaves the burn; returns the credits it used while running, in micro-credits.
 
-  Every change of burn or balance settles first (settle), then changes, then reschedules
+  Every change of burn or balance settles first (settle_credits), then changes, then reschedules
   the depletion (reschedule).
 
   Session hash fields: mr the rate the session consumes (micro-credits per running hour,
@@ -60,7 +60,7 @@ end
 
 -- Bring a metered account's balance to time t (no-op when t is not after its last settle).
 -- Returns bal, at, burn after it; nil for an account without a balance.
-local function settle(account, t)
+local function settle_credits(account, t)
   local key = account_key(account)
   local v = redis.call('HMGET', key, 'mb', 'mt', 'mr', 'mn')
   if not v[1] then return nil end
@@ -128,7 +128,7 @@ local function meter_start(account, sid, t)
   local skey = session_key(sid)
   local rate = tonumber(redis.call('HGET', skey, 'mr')) or plan.credits_per_hour_micro
   if rate < 0 then return end
-  local bal, at, burn = settle(account, t)
+  local bal, at, burn = settle_credits(account, t)
   if not bal then return end
   if t < at and bal > 0 and consumed(rate, at - t) >= bal then
     -- Started before the last settle (a lagging entry), with too little left to pay for
@@ -157,7 +157,7 @@ local function meter_stop(account, sid, t)
   used = used + consumed(rate, math.max(0, t - started))
   redis.call('HSET', skey, 'mu', int_str(used))
   redis.call('HDEL', skey, 'ma')
-  local bal, at, burn = settle(account, t)
+  local bal, at, burn = settle_credits(account, t)
   if not bal then return used end
   local key = account_key(account)
   local rest = math.max(0, burn - rate)

@@ -51,3 +51,39 @@ local function inactivity_limit(group, now)
   if first then return math.min(now, id_ms(first) - 1) end
   return now
 end
+
+-- The deadline of a live session (h as next_deadline reads it), its reason and whether
+-- it pauses, when it has passed by now; nil otherwise. A passed inactivity deadline held
+-- by the lag-safe rule has not passed: only the maximum lifetime can have.
+local function passed_deadline(h, group, now)
+  local deadline, reason, pauses = next_deadline(h)
+  if deadline and deadline <= now and reason == 'inactivity'
+     and deadline > inactivity_limit(group, now) then
+    deadline, reason, pauses = tonumber(h[2]), 'max_lifetime', false
+  end
+  if deadline and deadline <= now then return deadline, reason, pauses end
+  return nil
+end
+
+--[[
+  A request through the API for session sid at time now, after what its passed deadline
+  does (as the expirer would do it): returns the record {s, e, l, i, k, o, qe, a} as it
+  was read, or nil and the reply for a session unknown (-404), of an account not in
+  good standing when ``billing`` is checked (-402), or terminated, before or by its
+  deadline (-409). A deadline that pauses the session leaves it paused.
+]]
+local function settle(sid, group, now, billing)
+  local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+  if not h[1] then return nil, {-404} end
+  if billing then
+    local _, status = account_state(h[8])
+    if status ~= 'ok' then return nil, {-402, status} end
+  end
+  if h[1] == 't' then return nil, {-409} end
+  local deadline, reason, pauses = passed_deadline(h, group, now)
+  if deadline then
+    fire(sid, deadline, reason, pauses, now)
+    if not pauses then return nil, {-409} end
+  end
+  return h
+end

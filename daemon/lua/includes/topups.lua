@@ -13,7 +13,7 @@ local function deplete(account, dep, now)
   redis.call('ZREM', K_DEPLETIONS, account)
   redis.call('ZREM', K_LOWBAL, account)
   local key = account_key(account)
-  local bal, at, burn = settle(account, dep)
+  local bal, at, burn = settle_credits(account, dep)
   if not bal then return nil end
   if bal > 0 then
     reschedule(account, bal, at, burn)
@@ -62,7 +62,7 @@ local function top_up(account, amount, idem, now)
   local due = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
   if due and due <= now then deplete(account, due, now) end
   local akey = account_key(account)
-  local bal, at, burn = settle(account, now)
+  local bal, at, burn = settle_credits(account, now)
   local first = not bal
   if first then bal, at, burn = 0, now, 0 end
   if bal + amount > MAX_BALANCE then
@@ -77,7 +77,7 @@ local function top_up(account, amount, idem, now)
     for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
       if redis.call('HEXISTS', session_key(sid), 'ma') == 0 then meter_start(account, sid, now) end
     end
-    bal, at, burn = settle(account, now)
+    bal, at, burn = settle_credits(account, now)
   end
   if redis.call('HGET', akey, 'mw') == '1'
      and (burn <= 0 or depletion_time(bal, at, burn) - now > LOWBAL_MS) then
