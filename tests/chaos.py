@@ -478,7 +478,13 @@ class Chaos:
             v.append(f"{account}: negative balance {balance}")
         if not low <= credited <= high:
             v.append(f"{account}: credited {credited}, confirmed {low}, sent at most {high}")
-        cmds = [c for sid, cs in commands.items() if self.accounts.get(sid) == account for c in cs]
+        cmds = [
+            c
+            for sid, cs in commands.items()
+            if self.accounts.get(sid) == account
+            for c in cs
+            if c["type"] == "terminate"
+        ]
         used = sum(int(Decimal(c["credits_used"]) * 1_000_000) for c in cmds)
         # A depletion moment is the millisecond the balance is used up: each session
         # ended at it may have used up to 1 ms of its rate (1000 micro-credits) beyond.

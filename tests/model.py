@@ -495,7 +495,17 @@ class PartitionModel:
         if key in account.answers:
             return account.answers[key]
         if account.depletes_at is not None and account.depletes_at <= now:
-            self._deplete(account_id, account.depletes_at, now)  # it came too late for them
+            # It came too late for the sessions running at the depletion moment; those
+            # whose maximum lifetime came first end at it, as the expirer would have.
+            for session in list(self.sessions.values()):
+                if (
+                    session.status in LIVE
+                    and session.account_id == account_id
+                    and session.expires_at < account.depletes_at
+                ):
+                    self._terminate(session, "max_lifetime", session.expires_at, now)
+            if account.depletes_at is not None and account.depletes_at <= now:
+                self._deplete(account_id, account.depletes_at, now)
         first = not self._settle_credits(account, now)
         balance = 0 if first else account.balance
         assert balance is not None
@@ -508,7 +518,7 @@ class PartitionModel:
             account.billing_status = "ok"
         if first:
             for session in self.sessions.values():
-                if session.live and session.account_id == account_id:
+                if session.status in LIVE and session.account_id == account_id:
                     self._meter_start(session, now)
         self._reschedule(account)
         account.answers[key] = self._answer(account_id, now)
@@ -527,7 +537,11 @@ class PartitionModel:
             account.billing_status = "balance_depleted"
         ended = 0
         for session in list(self.sessions.values()):
-            if session.account_id == name and self._terminate(session, "billing", dep, now):
+            if (
+                session.status in LIVE
+                and session.account_id == name
+                and self._terminate(session, "billing", dep, now)
+            ):
                 ended += 1
         account.consumed += account.balance
         account.balance = 0

@@ -58,9 +58,17 @@ local function top_up(account, amount, idem, now)
   local prev = redis.call('GET', ikey)
   if prev then return cjson.decode(prev) end
   -- A depletion moment already passed ends the sessions first: a top-up after it
-  -- comes too late for them.
+  -- comes too late for them. Those whose maximum lifetime came before it end at that,
+  -- as the expirer would have ended them.
   local due = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
-  if due and due <= now then deplete(account, due, now) end
+  if due and due <= now then
+    for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
+      local e = tonumber(redis.call('HGET', session_key(sid), 'e'))
+      if e and e < due then terminate(sid, 'max_lifetime', e, now) end
+    end
+    due = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
+    if due and due <= now then deplete(account, due, now) end
+  end
   local akey = account_key(account)
   local bal, at, burn = settle_credits(account, now)
   local first = not bal
