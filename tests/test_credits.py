@@ -460,3 +460,25 @@ async def test_only_an_admin_key_tops_up(redis: Any, daemons: Start, tmp_path: P
         headers = {"Authorization": f"Bearer {own}"}
         async with http.get(f"{d.api}/v1/accounts/acme", headers=headers) as resp:
             assert (await resp.json())["balance"] == 5  # the account sees its balance
+
+
+async def test_a_paused_session_consumes_nothing_and_a_used_up_account_cannot_resume(
+    redis: Any, tmp_path: Any, harness: Any
+) -> None:
+    h = await _metered(harness, tmp_path)
+    await h.store.top_up("acme", 10_000_000, "inv_1")
+    await h.store.create_session("s1", "acme", None, None, True)
+    assert (await h.store.get_account("acme")).burn_micro_per_hour == 3_600_000_000
+    paused = await h.store.pause("s1")
+    account = await h.store.get_account("acme")
+    assert account.burn_micro_per_hour == 0 and account.depletes_at is None
+    used = paused.record.credits_used_micro(paused.now_ms)
+    later = await h.store.get_session("s1")
+    assert later.record.credits_used_micro(later.now_ms) == used  # nothing while paused
+    resumed = await h.store.resume("s1")
+    assert resumed.record.metered_since == resumed.now_ms
+    assert (await h.store.get_account("acme")).depletes_at is not None
+    await h.store.pause("s1")
+    await redis.hset("lifecycle:{0}:a:acme", "mb", "0")  # used up while paused
+    with pytest.raises(errors.PaymentRequired, match="balance_depleted"):
+        await h.store.resume("s1")
