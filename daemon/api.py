@@ -507,6 +507,9 @@ async def resume(request: web.Request) -> web.Response:
     if view.changed:
         request.app[METRICS].resumes.inc()
         _nudge(request, view)
+        if view.record.metered_since is not None:  # its account's depletion moved nearer
+            pk = request.app[STORE].partition_for(view.record.account_id)
+            request.app[ENGINE].nudge(pk, view.now_ms)
         log.info("session_resumed", session_id=session_id, account_id=view.record.account_id)
     return _view(view)
 
