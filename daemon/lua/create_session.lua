@@ -15,7 +15,8 @@
              session this token created is then answered as created, not as 409.
     ARGV[18] how long the token is kept (ms)
   Output:
-    {1, now, field, value, ...}  created; the session record
+    {1, now, wake, field, value, ...}  created; the session record, after the earliest
+                                 time the expirer must look (see create_session)
     {-402, billing status} | {-429, retry-after seconds} | {-422, message} | {-409, ''}
 ]]
 --- @include "common"
@@ -24,10 +25,14 @@ local now = now_ms()
 local token, token_key = ARGV[17] or '', BASE .. 'ct:' .. ARGV[10]
 if token ~= '' and redis.call('GET', token_key) == token
    and redis.call('EXISTS', session_key(ARGV[10])) == 1 then
-  return view(1, ARGV[10], now)
+  local out = view(1, ARGV[10], now)
+  table.insert(out, 3, now)  -- the expirer was told when it was created
+  return out
 end
 local code, value = create_session(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now,
   ARGV[16])
 if code ~= 1 then return {code, value} end
 if token ~= '' then redis.call('SET', token_key, token, 'PX', tonumber(ARGV[18])) end
-return view(1, ARGV[10], now)
+local out = view(1, ARGV[10], now)
+table.insert(out, 3, value)
+return out
