@@ -553,9 +553,11 @@ async def terminate(request: web.Request) -> web.Response:
     scope = _principal(request).account_id
     view = await request.app[STORE].terminate(session_id, account=scope)
     if view.changed:
-        request.app[METRICS].terminations.labels(reason="requested").inc()
+        # A deadline that had passed before the request ends the session with its reason.
+        reason = view.record.termination_reason or "requested"
+        request.app[METRICS].terminations.labels(reason=reason).inc()
         log.info("session_terminated", session_id=session_id,
-                 account_id=view.record.account_id, reason="requested")  # fmt: skip
+                 account_id=view.record.account_id, reason=reason)  # fmt: skip
     return _view(view)
 
 

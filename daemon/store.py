@@ -360,7 +360,7 @@ class Store:
     async def terminate(
         self, session_id: str, reason: str = "requested", account: str | None = None
     ) -> SessionView:
-        return await self._by_id("terminate_session", session_id, reason, account=account)
+        return await self._by_id("terminate_session", session_id, reason, GROUP, account=account)
 
     async def patch_session(
         self,

@@ -361,3 +361,44 @@ async def test_a_stream_end_older_than_the_pause_ends_it_at_the_pause(harness: M
     assert int(end["running_ms"]) == int(end["duration_ms"]) == paused.run_ms
     rec = (await h.store.get_session("s1")).record
     assert rec.terminated_at == paused.paused_at and rec.paused_ms == 0
+
+
+async def test_a_delete_after_a_passed_deadline_ends_the_session_at_that_deadline(
+    harness: Make,
+) -> None:
+    """The expirer had not reached it yet: a DELETE then is late, and the session ends at
+    its deadline with its reason (never running past its lifetime), once."""
+    h: Harness = await harness()
+    t0 = await h.server_ms()
+    await past(h, t0 - 10_000, type="created", session_id="s1", account_id="acme",
+               timeout_seconds="5", inactivity_timeout_seconds="600")  # fmt: skip
+    await past(h, t0 - 9_999, type="created", session_id="s2", account_id="acme",
+               inactivity_timeout_seconds="2", on_inactivity="pause")  # fmt: skip
+    await h.consume()
+    ended = await h.store.terminate("s1")
+    assert ended.changed and ended.record.termination_reason == "max_lifetime"
+    status = ended.status_object()
+    assert status["running_seconds_total"] == 5.0
+    # A passed inactivity deadline that pauses: paused there, then ended by the request.
+    paused_then_ended = await h.store.terminate("s2")
+    assert paused_then_ended.record.termination_reason == "requested"
+    commands = await h.commands()
+    assert [(c["type"], c.get("reason")) for c in commands] == [
+        ("terminate", "max_lifetime"), ("pause", "inactivity"), ("terminate", "requested"),
+    ]  # fmt: skip
+    assert int(commands[0]["deadline"]) == t0 - 5_000 and int(commands[0]["running_ms"]) == 5_000
+    assert int(commands[1]["deadline"]) == t0 - 7_999 and int(commands[2]["running_ms"]) == 2_000
+    assert not (await h.store.terminate("s1")).changed
+    assert len(await h.commands()) == 3
+
+
+async def test_a_stream_end_after_a_passed_deadline_is_that_deadline(harness: Make) -> None:
+    h: Harness = await harness()
+    t0 = await h.server_ms()
+    await past(h, t0 - 10_000, type="created", session_id="s1", account_id="acme",
+               timeout_seconds="5", inactivity_timeout_seconds="600")  # fmt: skip
+    await past(h, t0 - 2_000, type="terminate", session_id="s1", account_id="acme")
+    await h.consume()
+    [end] = await h.commands()
+    assert (end["reason"], int(end["deadline"])) == ("max_lifetime", t0 - 5_000)
+    assert int(end["running_ms"]) == 5_000

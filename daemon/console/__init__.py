@@ -401,7 +401,7 @@ async def session_action(request: web.Request) -> web.StreamResponse:
         if action == "terminate":
             view = await store.terminate(sid)
             if view.changed:
-                _counted(request, view, "requested")
+                _counted(request, view, view.record.termination_reason or "requested")
             message = "Terminated." if view.changed else "The session was already terminated."
         elif action == "extend":
             text = str(form.get("seconds", ""))

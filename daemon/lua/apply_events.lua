@@ -91,14 +91,21 @@ while i <= #ARGV do
       end
     elseif op == 'T' or op == 'X' then
       local sid, account = ARGV[a], ARGV[a + 1]
-      local owner = redis.call('HGET', session_key(sid), 'a')
-      if owner ~= account then
+      local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+      if not h[1] or h[8] ~= account then
         outcome = 'ignored:unknown_session'
+      elseif h[1] == 't' then
+        outcome = 'ignored:terminated'
       else
-        local reason = 'external'
-        if op == 'T' then reason = ARGV[a + 2] end
-        if terminate(sid, reason, at, now) then outcome = 'ended:' .. reason
-        else outcome = 'ignored:terminated' end
+        -- An end that came after the session's deadline: the deadline ended it (or paused
+        -- it, and then this ends the paused session).
+        outcome = overdue(sid, h, at, now)
+        if outcome == nil or outcome == 'paused:inactivity' then
+          local reason = 'external'
+          if op == 'T' then reason = ARGV[a + 2] end
+          if terminate(sid, reason, at, now) then outcome = 'ended:' .. reason
+          else outcome = 'ignored:terminated' end
+        end
       end
     elseif op == 'P' or op == 'R' then
       local sid, account = ARGV[a], ARGV[a + 1]
