@@ -167,7 +167,10 @@ def loadavg() -> str:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, workdir: Path, log_level: str) -> None:
+    def __init__(
+        self, sizes: Sizes, workdir: Path, log_level: str, extra: dict[str, str] | None = None
+    ) -> None:
+        self.extra = extra or {}
         self.sizes = sizes
         self.workdir = workdir
         self.log_level = log_level
@@ -181,6 +184,7 @@ class Bench:
             "partitions": str(partitions),
             "log_level": self.log_level,
             "lease_ttl_ms": "2000",
+            **self.extra,
         }
         return Daemon(settings, self.workdir / f"daemon-{self._daemons}.log").start()
 
@@ -734,6 +738,8 @@ async def main(argv: list[str]) -> int:
                         "http: only the HTTP figures of events")  # fmt: skip
     parser.add_argument("--log-level", default="warning", help="the daemons' log level")
     parser.add_argument("--workdir", type=Path, default=None, help="servers' files and logs")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a daemon setting, e.g. event_loop=asyncio (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifecycled-bench-"))
@@ -743,7 +749,8 @@ async def main(argv: list[str]) -> int:
     load_before = loadavg()
     print(f"lifecycled benchmark ({'quick' if args.quick else 'full'}); files in {workdir}",
           file=sys.stderr)  # fmt: skip
-    bench = Bench(sizes, workdir, args.log_level)
+    extra = dict(item.split("=", 1) for item in args.setting)
+    bench = Bench(sizes, workdir, args.log_level, extra)
     phases = set(args.phases.split(","))
     t0 = time.monotonic()
     if "events" in phases:
