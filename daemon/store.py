@@ -138,6 +138,9 @@ def _rated(rate: RateCheck | None, reply: Any) -> Any:
     return reply[1]
 
 
+# Sessions whose partition a replica remembers (with several partitions): about 10 MB.
+LOCATIONS_REMEMBERED = 65_536
+
 # A create whose reply was lost is sent again after these pauses (seconds) with the same
 # creation token, which create_session.lua keeps this long (ms).
 CREATE_RETRY_DELAYS = (0.1,)
@@ -223,6 +226,7 @@ class Store:
         ]
         self._replicas_key = f"{settings.key_prefix}:replicas"
         self._acks_missing = False
+        self._where: dict[str, PartitionKeys] = {}  # session id -> partition (_remember)
         self._scripts: dict[str, AsyncScript] = register_all(redis)
         self.set_plans(plans)
         self._options_arg = ",".join(f"{k}={v}" for k, v in self.options.items())
@@ -323,7 +327,18 @@ class Store:
             raise errors.InvalidRequest(_text(reply[1]) + ".")
         if code == -409:
             raise errors.SessionExists(f"Session {session_id} already exists.")
+        self._remember(session_id, self.partition_for(account_id))
         return _view(session_id, reply)
+
+    def _remember(self, session_id: str, pk: PartitionKeys) -> None:
+        """Where a session is, so that the next request about it skips ``_locate``'s round
+        trip (with several partitions). A session's account, so its partition, never
+        changes; a purged id used again elsewhere is found by looking again."""
+        if len(self.partitions) == 1:
+            return
+        if session_id not in self._where and len(self._where) >= LOCATIONS_REMEMBERED:
+            del self._where[next(iter(self._where))]  # the oldest
+        self._where[session_id] = pk
 
     async def _locate(self, session_id: str) -> PartitionKeys | None:
         """The partition holding the session, for routes that know only its id."""
@@ -347,22 +362,34 @@ class Store:
         rate: RateCheck | None = None,
     ) -> SessionView:
         """``rate``: only for scripts that take the with_rate_limit arguments last."""
-        pk = await self._locate(session_id)
-        if pk is not None and account is not None:
-            # An account key's caller learns nothing of other accounts' sessions. A session's
-            # account never changes and its id is not reused while readable, so checking
-            # ahead of the script is as good as checking inside it.
-            owner = await self.redis.hget(pk.session(session_id), "a")
-            if owner is None or _text(owner) != account:
-                pk = None
-        if rate is not None:
-            rate.done = pk is None  # an unknown session names no account: no limit
-            args = (*args, *rate.args())
-        reply = (
-            None if pk is None else _rated(rate, await self._call(script, pk, session_id, *args))
-        )
+        pk = self._where.get(session_id)
+        cached = pk is not None
+        while True:
+            if pk is None:
+                pk = await self._locate(session_id)
+            if pk is not None and account is not None:
+                # An account key's caller learns nothing of other accounts' sessions. A
+                # session's account never changes and its id is not reused while readable,
+                # so checking ahead of the script is as good as checking inside it.
+                owner = await self.redis.hget(pk.session(session_id), "a")
+                if owner is None or _text(owner) != account:
+                    pk = None
+            call_args = args
+            if rate is not None:
+                rate.done = pk is None  # an unknown session names no account: no limit
+                call_args = (*args, *rate.args())
+            reply = None
+            if pk is not None:
+                reply = _rated(rate, await self._call(script, pk, session_id, *call_args))
+            if not cached or (reply is not None and int(reply[0]) != -404):
+                break
+            # Not where it was remembered (purged, and its id used again elsewhere): look.
+            self._where.pop(session_id, None)
+            pk, cached = None, False
         if reply is None or int(reply[0]) == -404:
             raise errors.SessionNotFound(f"No session {session_id}.")
+        assert pk is not None
+        self._remember(session_id, pk)
         code = int(reply[0])
         if code == -402:
             raise errors.PaymentRequired(_text(reply[1]))
