@@ -30,11 +30,14 @@ from daemon.metrics import Metrics
 from daemon.model import (
     BILLING_STATUSES,
     ID_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
     MAX_INACTIVITY_SECONDS,
+    MAX_TOP_UP_CREDITS,
     ON_INACTIVITY,
     SOURCE_PATTERN,
     SOURCE_RULE,
     new_session_id,
+    top_up_micro,
 )
 from daemon.redis_client import write_refusal
 from daemon.store import RateCheck, RateLimitResult, RateRefused, SessionView, Store
@@ -72,6 +75,7 @@ _CREATE_FIELDS = {
 _PATCH_FIELDS = {"timeout_seconds", "inactivity_timeout_seconds", "auto_kill", "on_inactivity"}
 _TOUCH_FIELDS = {"source"}
 _ACCOUNT_FIELDS = {"plan", "billing_status"}
+_TOP_UP_FIELDS = {"amount", "idempotency_key"}
 _ADMISSION_RESULT = {
     errors.PaymentRequired: "payment_required",
     errors.ConcurrentSessionLimit: "concurrent_session_limit",
@@ -461,7 +465,7 @@ async def create_session(request: web.Request) -> web.Response:
             metrics.admissions.labels(result=result).inc()
         raise
     metrics.admissions.labels(result="admitted").inc()
-    request.app[ENGINE].nudge(store.partition_for(account_id), view.record.terminates_at)
+    request.app[ENGINE].nudge(store.partition_for(account_id), view.wake_ms)
     log.info("session_created", session_id=view.record.session_id, account_id=account_id)
     return _view(view, 201)
 
@@ -554,6 +558,9 @@ async def resume(request: web.Request) -> web.Response:
     if view.changed:
         request.app[METRICS].resumes.inc()
         _nudge(request, view)
+        if view.record.metered_since is not None:  # its account's depletion moved nearer
+            pk = request.app[STORE].partition_for(view.record.account_id)
+            request.app[ENGINE].nudge(pk, view.now_ms)
         log.info("session_resumed", session_id=session_id, account_id=view.record.account_id)
     return _view(view)
 
@@ -644,6 +651,45 @@ async def put_account(request: web.Request) -> web.Response:
     return web.json_response(view.account_object())
 
 
+def _top_up_problem(body: dict[str, Any]) -> tuple[int, str] | str:
+    """The top-up body's (amount in micro-credits, idempotency key), or what is wrong."""
+    problem = _unknown_fields(body, _TOP_UP_FIELDS)
+    if problem:
+        return problem
+    if "amount" not in body:
+        return "amount is required"
+    amount = body["amount"]
+    if amount is TOO_LARGE:
+        return f"amount must be at most {MAX_TOP_UP_CREDITS} credits"
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        return "amount must be a number of credits"
+    try:
+        micro = top_up_micro(repr(amount))
+    except ValueError as exc:
+        return str(exc)
+    key = body.get("idempotency_key")
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        return "idempotency_key is required: 1-255 printable ASCII characters without spaces"
+    return micro, key
+
+
+async def top_up(request: web.Request) -> web.Response:
+    account_id = _path_id(request, "account_id")
+    if not _principal(request).is_admin:
+        raise errors.Forbidden("Only an admin key may top up an account's credits.")
+    parsed = _top_up_problem(await _json_object(request))
+    if isinstance(parsed, str):
+        raise errors.InvalidRequest(parsed + ".")
+    store = request.app[STORE]
+    view = await store.top_up(account_id, *parsed)
+    if view.depletes_at is not None:  # a first top-up may start a depletion
+        warn_ms = store.settings.low_balance_warn_seconds * 1000
+        request.app[ENGINE].nudge(store.partition_for(account_id), view.depletes_at - warn_ms)
+    log.info("credits_topped_up", account_id=account_id, amount_micro=parsed[0],
+             balance=view.balance_micro)  # fmt: skip
+    return web.json_response(view.account_object())
+
+
 async def list_sessions(request: web.Request) -> web.Response:
     account_id = _account_in_scope(request)
     views = await request.app[STORE].list_sessions(account_id)
@@ -706,6 +752,7 @@ def make_api(store: Store, engine: Engine, metrics: Metrics) -> web.Application:
     app.router.add_get("/v1/accounts/{account_id}", get_account)
     app.router.add_put("/v1/accounts/{account_id}", put_account)
     app.router.add_get("/v1/accounts/{account_id}/sessions", list_sessions)
+    app.router.add_post("/v1/accounts/{account_id}/credits", top_up)
     dead_letters.add_routes(app)
     add_console(app, store, engine, metrics)
     session_list.add_routes(app)

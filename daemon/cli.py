@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from daemon import __version__
@@ -32,7 +34,7 @@ from daemon.client import (
 )
 from daemon.embedded import EmbeddedError
 from daemon.logs import configure_logging
-from daemon.model import BILLING_STATUSES, ON_INACTIVITY, SOURCE_RULE
+from daemon.model import BILLING_STATUSES, ON_INACTIVITY, SOURCE_RULE, top_up_micro
 from daemon.settings import ConfigError, Settings, load_settings
 
 EXIT_OK = 0
@@ -297,8 +299,23 @@ def _print_account(account: Account) -> None:
             ("billing status", account.billing_status),
             ("live sessions", f"{account.live_sessions} of {limit}"),
             ("max duration", f"{account.max_duration_seconds} s"),
+            *_credit_rows(account),
         ]
     )
+
+
+def _credit_rows(account: Account) -> list[tuple[str, str]]:
+    """An account's prepaid credits, for people (SPEC §7); none before its first top-up."""
+    if account.balance is None:
+        return []
+    depletes = _moment(account.depletes_at, datetime.now(UTC))
+    return [
+        ("metered", "yes" if account.metered else "no (the plan has no credits_per_hour)"),
+        ("balance", f"{account.balance:g} credits"),
+        ("burn", f"{account.burn_per_hour:g} credits per hour"),
+        ("depletes", depletes),
+        ("used", f"{account.usage.credits:g} credits in {account.usage.session_seconds:g} s"),
+    ]
 
 
 def _print_json(data: Any) -> None:
@@ -461,6 +478,24 @@ async def api_account(client: LifecycleClient, args: argparse.Namespace) -> int:
     else:
         _print_account(account)
     return EXIT_OK
+
+
+async def api_credits(client: LifecycleClient, args: argparse.Namespace) -> int:
+    key = args.idempotency_key or "cli_" + secrets.token_urlsafe(16)
+    account = await client.top_up(args.account, args.amount, idempotency_key=key)
+    if args.json:
+        _print_json(account.raw)
+    else:
+        _print_account(account)
+    return EXIT_OK
+
+
+def _amount(text: str) -> Decimal:
+    try:
+        top_up_micro(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return Decimal(text)
 
 
 SOURCE_HELP = f"what acted: {SOURCE_RULE}"
@@ -656,6 +691,14 @@ def _add_api_commands(sub: Any) -> None:
     account.add_argument(
         "--billing-status", choices=BILLING_STATUSES, help="set the billing status"
     )
+
+    credits = command("credits", "top up an account's prepaid credits (admin)", api_credits)
+    credits.add_argument("account", metavar="ACCOUNT")
+    credits.add_argument("amount", type=_amount, metavar="AMOUNT", help="credits to add")
+    credits.add_argument(
+        "--idempotency-key", metavar="KEY",
+        help="the top-up's key: the same key again credits nothing (default: a new one)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

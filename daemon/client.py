@@ -20,13 +20,14 @@ import logging
 import os
 from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import structlog
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 # A library prints nothing itself: its lines go to the standard logging module, where the
 # host program decides whether and where they appear.
@@ -108,6 +109,7 @@ class SessionStatus(_ApiModel):
         Literal["max_lifetime", "inactivity", "requested", "billing", "external", "paused_timeout"]
         | None
     )
+    credits_used: float = 0  # prepaid credits the session consumed (SPEC §7)
     # Pause and why-alive (SPEC §8); the defaults are what a 0.2 server's answer means.
     on_inactivity: Literal["terminate", "pause"] = "terminate"
     paused_at: datetime | None = None
@@ -161,6 +163,13 @@ class TimelineEvent(_ApiModel):
         return None if value is None else value.astimezone(UTC)
 
 
+class Usage(_ApiModel):
+    """An account's metered totals: running time of its metered sessions, credits used."""
+
+    session_seconds: float = 0
+    credits: float = 0
+
+
 class Account(_ApiModel):
     """The account object of SPEC §4; ``max_concurrent`` is None for unlimited."""
 
@@ -170,6 +179,18 @@ class Account(_ApiModel):
     live_sessions: int
     max_concurrent: int | None
     max_duration_seconds: int
+    # Prepaid credits (SPEC §7); the defaults are an unmetered account's.
+    metered: bool = False
+    balance: float | None = None  # None before the first top-up
+    credits_per_hour: float | None = None  # None: the plan is not metered
+    burn_per_hour: float = 0
+    depletes_at: datetime | None = None
+    usage: Usage = Field(default_factory=lambda: Usage())
+
+    @field_validator("depletes_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
 
 
 class Webhook(_ApiModel):
@@ -457,7 +478,8 @@ class LifecycleClient:
     async def _request_answered(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         attempts = 1 + (
             self._retries
-            if method in _IDEMPOTENT or path.endswith(("/keepalive", "/activity"))
+            # A top-up carries its idempotency key: sending it again credits nothing twice.
+            if method in _IDEMPOTENT or path.endswith(("/keepalive", "/activity", "/credits"))
             else 0
         )
         for attempt in range(attempts):
@@ -630,8 +652,21 @@ class LifecycleClient:
             "PUT", account_id, _without_none(plan=plan, billing_status=billing_status)
         )
 
-    async def _account(self, method: str, account_id: str, body: dict[str, Any] | None) -> Account:
-        path = _account_path(account_id)
+    async def top_up(
+        self, account_id: str, amount: int | float | Decimal, *, idempotency_key: str
+    ) -> Account:
+        """Add ``amount`` credits to the account's balance, once per ``idempotency_key``
+        (the same key again answers the first top-up's answer); needs an admin key."""
+        number = amount
+        if isinstance(amount, Decimal):
+            number = int(amount) if amount == amount.to_integral_value() else float(amount)
+        body = {"amount": number, "idempotency_key": idempotency_key}
+        return await self._account("POST", account_id, body, "/credits")
+
+    async def _account(
+        self, method: str, account_id: str, body: dict[str, Any] | None, suffix: str = ""
+    ) -> Account:
+        path = _account_path(account_id) + suffix
         data = await self._request(method, path, body)
         try:
             return Account.from_api(data)

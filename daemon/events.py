@@ -15,10 +15,12 @@ from daemon.model import (
     BILLING_STATUSES,
     COMMAND_REASONS,
     ID_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
     MAX_INACTIVITY_SECONDS,
     ON_INACTIVITY,
     SOURCE_PATTERN,
     SOURCE_RULE,
+    top_up_micro,
 )
 
 EVENT_TYPES = (
@@ -30,6 +32,7 @@ EVENT_TYPES = (
     "billing",
     "pause",
     "resume",
+    "credits",
 )
 
 _OPS = {
@@ -41,6 +44,7 @@ _OPS = {
     "billing": "B",
     "pause": "P",
     "resume": "R",
+    "credits": "M",
 }
 _REQUIRED = {
     "created": ("session_id", "account_id"),
@@ -51,6 +55,7 @@ _REQUIRED = {
     "billing": ("account_id", "billing_status"),
     "pause": ("session_id", "account_id"),
     "resume": ("session_id", "account_id"),
+    "credits": ("account_id", "amount", "idempotency_key"),
 }
 _DIGITS = re.compile(r"[0-9]{1,64}")
 _BOOLS = {"true": "1", "1": "1", "false": "0", "0": "0"}
@@ -135,6 +140,17 @@ def _validate(fields: dict[str, str], plans: Container[str]) -> tuple[str, list[
         )
         plan = _choice(fields, "plan", plans, "a known plan") if "plan" in fields else ""
         return kind, [account, status, plan]
+    if kind == "credits":
+        try:
+            amount = top_up_micro(fields["amount"])
+        except ValueError as exc:
+            raise InvalidEvent(f"field {exc}, got {fields['amount'][:40]!r}") from None
+        key = fields["idempotency_key"]
+        if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+            raise InvalidEvent(
+                "field idempotency_key must be 1-255 printable ASCII characters without spaces"
+            )
+        return kind, [account, str(amount), key]
     session = _id(fields, "session_id")
     if kind == "created":
         timeout = ""

@@ -55,16 +55,23 @@ class PartitionExpirer:
 
     async def run_once(self) -> ExpireResult:
         result = await shielded(self.store.expire_due(self.pk))
+        m = self.metrics
+        if result.by_billing:
+            m.terminations.labels(reason="billing").inc(result.by_billing)
+        if result.depletions:
+            m.depletions.inc(result.depletions)
+            log.info("credits_depleted", partition=self.pk.partition, accounts=result.depletions,
+                     sessions_terminated=result.by_billing)  # fmt: skip
+        # Depletions are deadlines like any other: their lateness counts as well.
+        for ms in result.lateness_ms:
+            m.expiry_lateness.observe(ms / 1000)
         if result.terminated or result.paused:
-            m = self.metrics
             m.terminations.labels(reason="inactivity").inc(result.by_inactivity)
             m.terminations.labels(reason="paused_timeout").inc(result.by_paused_timeout)
             m.terminations.labels(reason="max_lifetime").inc(
                 result.terminated - result.by_inactivity - result.by_paused_timeout
             )
             m.pauses.labels(reason="inactivity").inc(result.paused)
-            for ms in result.lateness_ms:
-                m.expiry_lateness.observe(ms / 1000)
             log.debug("sessions_expired", partition=self.pk.partition,
                       count=result.terminated, paused=result.paused,
                       max_lateness_ms=max(result.lateness_ms))  # fmt: skip
@@ -77,7 +84,8 @@ class PartitionExpirer:
             self._applied_in_pass = False
             result = await self.run_once()
             self._held = result.held
-            if result.terminated + result.paused >= self.store.settings.expire_batch:
+            busy = result.terminated + result.paused + result.by_billing
+            if busy >= self.store.settings.expire_batch:
                 continue  # more are due right now
             if result.next_due_ms is None:
                 delay = MAX_SLEEP_SECONDS

@@ -25,6 +25,9 @@ Per partition (``P`` = ``key_prefix``):
 - ``P:{p}:wh:dead:<webhook>`` sorted set, the endpoint's dead deliveries -> time (ms)
 - ``P:{p}:wh:gone:<webhook>`` string, set for an hour when the endpoint is removed: no
                          delivery is made for it while it lasts
+- ``P:{p}:depletions``   sorted set, metered account -> its depletion moment (ms)
+- ``P:{p}:lowbal``       sorted set, metered account -> time of its ``low_balance`` warning
+- ``P:{p}:consumed``     string, micro-credits consumed in the partition in all
 
 Per deployment:
 
@@ -107,6 +110,21 @@ class PartitionKeys:
 
     def delivery(self, member: str) -> str:
         return self.base + "wh:d:" + member
+
+    @property
+    def depletions(self) -> str:
+        """Account -> depletion moment; apart from ``deadlines`` (see common.lua)."""
+        return self.base + "depletions"
+
+    @property
+    def lowbal(self) -> str:
+        """Account -> time its ``low_balance`` warning is due."""
+        return self.base + "lowbal"
+
+    @property
+    def consumed(self) -> str:
+        """Micro-credits consumed in the partition, in all."""
+        return self.base + "consumed"
 
     def session(self, session_id: str) -> str:
         return self.base + "s:" + session_id

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from daemon import __version__
 from daemon.events import EVENT_TYPES
 from daemon.keys import GROUP, PartitionKeys
-from daemon.model import PAUSE_REASONS, TERMINATION_REASONS
+from daemon.model import MICRO, PAUSE_REASONS, TERMINATION_REASONS
 
 # The `_created` series would double every counter and histogram and nobody reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -43,6 +43,7 @@ _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._consumed_micro = 0  # the deployment's consumption as last read from Redis
         r = self.registry
         self.events = Counter(
             "lifecycle_events", "Events acknowledged, by type.", ["type"], registry=r
@@ -71,6 +72,17 @@ class Metrics:
             "lifecycle_rate_limited",
             "API requests refused by an account's plan's rate limit (SPEC §6), by limit.",
             ["limit"],
+            registry=r,
+        )
+        self.credits_consumed = Counter(
+            "lifecycle_credits_consumed",
+            "Prepaid credits consumed by metered sessions (SPEC §7) in the whole deployment, "
+            "read from Redis.",
+            registry=r,
+        )
+        self.depletions = Counter(
+            "lifecycle_depletions",
+            "Metered accounts whose balance ran out (their sessions ended for billing).",
             registry=r,
         )
         self.sessions_live = Gauge(
@@ -140,16 +152,23 @@ class Metrics:
             pipe.xlen(pk.events)
             pipe.xinfo_groups(pk.events)
             pipe.xlen(pk.dead)
+            pipe.get(pk.consumed)
         replies = await pipe.execute(raise_on_error=False)
-        live = 0
+        live = consumed = 0
         for i, pk in enumerate(partitions):
-            count, length, groups, dead = replies[4 * i : 4 * i + 4]
+            count, length, groups, dead, used = replies[5 * i : 5 * i + 5]
             if isinstance(count, int):
                 live += count
+            if isinstance(used, bytes | str | int):
+                consumed += int(used)
             self.events_backlog.labels(partition=str(pk.partition)).set(_backlog(length, groups))
             if isinstance(dead, int):
                 self.dead_letters.labels(partition=str(pk.partition)).set(dead)
         self.sessions_live.set(live)
+        # A counter that follows the deployment's total (micro-credits, kept per partition).
+        if consumed > self._consumed_micro:
+            self.credits_consumed.inc((consumed - self._consumed_micro) / MICRO)
+            self._consumed_micro = consumed
 
     def count_outcomes(self, types: list[str], outcomes: list[str]) -> None:
         """Count one batch's outcomes from ``apply_events.lua``."""

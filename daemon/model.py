@@ -6,6 +6,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -30,6 +31,14 @@ PAUSE_REASONS = ("inactivity", "requested")
 MAX_INACTIVITY_SECONDS = 86400
 DEFAULT_INACTIVITY_SECONDS = 300
 
+# Credits (SPEC §7) are kept as integer micro-credits.
+MICRO = 1_000_000
+HOUR_MS = 3_600_000
+MAX_TOP_UP_CREDITS = 10**12
+# An idempotency key: 1-255 printable ASCII characters, no space.
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[!-~]{1,255}")
+_NUMBER = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?([eE][+-]?[0-9]{1,6})?")
+
 # Short field names keep each session hash a compact listpack.
 STATUS_CODES = {"r": "ready", "u": "running", "p": "paused", "t": "terminated"}
 
@@ -42,6 +51,35 @@ def rfc3339(ms: int) -> str:
     """Milliseconds since the epoch as ``2026-11-24T13:45:00.123Z``."""
     moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def credits(micro: int | None) -> int | float | None:
+    """Micro-credits as a JSON number of credits; exact (also as a float's shortest
+    text) while below 10^15 micro-credits, the balance cap."""
+    if micro is None:
+        return None
+    whole, frac = divmod(micro, MICRO)
+    return whole if frac == 0 else micro / MICRO
+
+
+def top_up_micro(amount: str) -> int:
+    """A top-up amount written as a decimal number of credits, as micro-credits; a
+    ValueError says what is wrong with it."""
+    if not _NUMBER.fullmatch(amount):
+        raise ValueError("amount must be a positive number of credits")
+    with localcontext() as ctx:
+        ctx.prec = 100
+        try:
+            micro = Decimal(amount) * MICRO
+        except InvalidOperation:
+            raise ValueError("amount must be a positive number of credits") from None
+        if micro <= 0:
+            raise ValueError("amount must be more than 0")
+        if micro > MAX_TOP_UP_CREDITS * MICRO:
+            raise ValueError(f"amount must be at most {MAX_TOP_UP_CREDITS} credits")
+        if micro != micro.to_integral_value():
+            raise ValueError("amount must have at most 6 decimals")
+    return int(micro)
 
 
 def _rfc3339_or_none(ms: int | None) -> str | None:
@@ -72,6 +110,11 @@ class SessionRecord:
     paused_ms: int = 0  # paused time before the current pause
     last_activity_source: str | None = None
     activity_count: int = 0
+    # Credits: the session's rate (micro-credits per running hour; None: not metered),
+    # since when it runs metered (None: not running), micro-credits used by earlier runs.
+    credits_rate: int | None = None
+    metered_since: int | None = None
+    credits_used_before: int = 0
 
     @classmethod
     def from_fields(cls, session_id: str, fields: dict[str, str]) -> SessionRecord:
@@ -117,7 +160,16 @@ class SessionRecord:
             paused_ms=int(fields.get("qt") or 0),
             last_activity_source=fields.get("qs") or None,
             activity_count=int(fields.get("qc") or 0),
+            credits_rate=int(fields["mr"]) if "mr" in fields else None,
+            metered_since=int(fields["ma"]) if "ma" in fields else None,
+            credits_used_before=int(fields.get("mu", "0")),
         )
+
+    def credits_used_micro(self, now_ms: int) -> int:
+        used = self.credits_used_before
+        if self.credits_rate is not None and self.metered_since is not None:
+            used += self.credits_rate * max(0, now_ms - self.metered_since) // HOUR_MS
+        return used
 
     @property
     def terminated(self) -> bool:
@@ -185,4 +237,5 @@ class SessionRecord:
             "running_seconds_total": self.running_ms(now_ms) / 1000,
             "last_activity_source": self.last_activity_source,
             "activity_count": self.activity_count,
+            "credits_used": credits(self.credits_used_micro(now_ms)),
         }

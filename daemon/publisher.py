@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -33,6 +34,7 @@ __all__ = [
     "Activity",
     "Billing",
     "Created",
+    "Credits",
     "Event",
     "EventPublisher",
     "InvalidEvent",
@@ -138,6 +140,15 @@ class Billing(Event):
     type: ClassVar[str] = "billing"
     billing_status: str
     plan: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credits(Event):
+    """A top-up of the account's prepaid credits (SPEC §7), once per idempotency key."""
+
+    type: ClassVar[str] = "credits"
+    amount: Decimal | int | float | str
+    idempotency_key: str
 
 
 class EventPublisher:
@@ -295,6 +306,13 @@ class EventPublisher:
     ) -> str:
         return await self.publish(
             Billing(account_id=account_id, billing_status=billing_status, plan=plan)
+        )
+
+    async def credits(
+        self, account_id: str, amount: Decimal | int | float | str, idempotency_key: str
+    ) -> str:
+        return await self.publish(
+            Credits(account_id=account_id, amount=amount, idempotency_key=idempotency_key)
         )
 
 

@@ -24,6 +24,7 @@ SCRIPT_NAMES = (
     "patch_session",
     "get_account",
     "set_account",
+    "top_up",
     "list_sessions",
     "auth_failure",
     "rate_limit",

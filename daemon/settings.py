@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     commands_maxlen: int = Field(default=1_000_000, ge=1)
     warn_before_seconds: int = Field(default=0, ge=0)
     timeline_max_entries: int = Field(default=200, ge=0, le=100_000)
+    # SPEC §7: a low_balance command this long before a metered account's depletion.
+    low_balance_warn_seconds: int = Field(default=600, ge=0, le=10**9)
 
     # Work distribution and batching
     lease_ttl_ms: int = Field(default=5000, ge=500, le=600_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import structlog
 from daemon import errors
 from daemon.events import ParsedEvent
 from daemon.keys import GROUP, PartitionKeys, partition_of
-from daemon.model import SessionRecord, rfc3339
+from daemon.model import SessionRecord, credits, rfc3339
 from daemon.plans import Plan, encode_plans
 from daemon.redis_client import TRANSIENT_ERRORS
 from daemon.scripts import AsyncScript, register_all
@@ -26,6 +27,7 @@ class SessionView:
     record: SessionRecord
     now_ms: int
     changed: bool = False  # terminate, pause, resume: this call made the change
+    wake_ms: int | None = None  # create: the earliest time the expirer must look
 
     def status_object(self) -> dict[str, Any]:
         return self.record.status_object(self.now_ms)
@@ -39,6 +41,15 @@ class AccountView:
     live_sessions: int
     max_concurrent: int | None  # None: unlimited
     max_duration_seconds: int
+    # Credits (SPEC §7), amounts in micro-credits
+    credits_per_hour_micro: int | None  # None: the plan is not metered
+    metered: bool = False
+    balance_micro: int | None = None  # None: never topped up
+    burn_micro_per_hour: int = 0
+    depletes_at: int | None = None
+    session_ms: int = 0  # metered session time in all
+    consumed_micro: int = 0
+    now_ms: int | None = None  # a top-up: the server time it ran at
 
     def account_object(self) -> dict[str, Any]:
         return {
@@ -48,6 +59,15 @@ class AccountView:
             "live_sessions": self.live_sessions,
             "max_concurrent": self.max_concurrent,
             "max_duration_seconds": self.max_duration_seconds,
+            "metered": self.metered,
+            "balance": credits(self.balance_micro),
+            "credits_per_hour": credits(self.credits_per_hour_micro),
+            "burn_per_hour": credits(self.burn_micro_per_hour),
+            "depletes_at": None if self.depletes_at is None else rfc3339(self.depletes_at),
+            "usage": {
+                "session_seconds": self.session_ms / 1000,
+                "credits": credits(self.consumed_micro),
+            },
         }
 
 
@@ -168,6 +188,9 @@ class ExpireResult:
     by_inactivity: int
     by_paused_timeout: int
     paused: int  # paused at their inactivity deadline (on_inactivity = pause)
+    by_billing: int  # sessions ended at depletions
+    depletions: int
+    low_balance_warned: int
     lateness_ms: list[int]
 
 
@@ -234,7 +257,10 @@ class Store:
     @property
     def options(self) -> dict[str, int | str]:
         """Settings the scripts read as ``OPT.<name>`` (ARGV[9] in includes/common.lua)."""
-        return {"timeline_max_entries": self.settings.timeline_max_entries}
+        return {
+            "timeline_max_entries": self.settings.timeline_max_entries,
+            "low_balance_warn_ms": self.settings.low_balance_warn_seconds * 1000,
+        }
 
     def set_plans(self, plans: dict[str, Plan]) -> None:
         self.plans = dict(plans)
@@ -328,7 +354,8 @@ class Store:
         if code == -409:
             raise errors.SessionExists(f"Session {session_id} already exists.")
         self._remember(session_id, self.partition_for(account_id))
-        return _view(session_id, reply)
+        view = _view(session_id, [reply[0], reply[1], *reply[3:]])
+        return SessionView(view.record, view.now_ms, wake_ms=int(reply[2]))
 
     def _remember(self, session_id: str, pk: PartitionKeys) -> None:
         """Where a session is, so that the next request about it skips ``_locate``'s round
@@ -495,16 +522,24 @@ class Store:
     # Accounts
 
     def _account_view(self, account_id: str, reply: Sequence[Any]) -> AccountView:
-        plan = _text(reply[0])
+        """An ``account_reply`` of credits.lua as the account object."""
+        plan, billing, live, metered, bal, burn, dep, ms, mc = (_text(v) for v in reply)
         # A plan removed from the plans file since it was set: the scripts apply the default.
         limits = self.plans.get(plan) or self.plans[self.settings.default_plan]
         return AccountView(
             account_id=account_id,
             plan=plan,
-            billing_status=_text(reply[1]),
-            live_sessions=int(reply[2]),
+            billing_status=billing,
+            live_sessions=int(live),
             max_concurrent=limits.max_concurrent,
             max_duration_seconds=limits.max_duration_seconds,
+            credits_per_hour_micro=limits.credits_per_hour_micro,
+            metered=metered == "1",
+            balance_micro=int(bal) if bal else None,
+            burn_micro_per_hour=int(burn),
+            depletes_at=int(dep) if dep else None,
+            session_ms=int(ms),
+            consumed_micro=int(mc),
         )
 
     async def get_account(self, account_id: str) -> AccountView:
@@ -527,6 +562,16 @@ class Store:
             billing_status or "",
         )
         return self._account_view(account_id, reply[1:]), int(reply[0])
+
+    async def top_up(self, account_id: str, amount_micro: int, idempotency_key: str) -> AccountView:
+        """Credit the account once per idempotency key (SPEC §7); the key's first answer."""
+        reply = await self._call(
+            "top_up", self.partition_for(account_id), account_id, amount_micro, idempotency_key
+        )
+        if int(reply[0]) == -422:
+            raise errors.InvalidRequest(f"amount: {_text(reply[1])}.")
+        view = self._account_view(account_id, reply[2:])
+        return dataclasses.replace(view, now_ms=int(reply[1]))
 
     # Failed-authentication blocking, shared by all replicas through Redis
 
@@ -638,5 +683,8 @@ class Store:
             by_inactivity=int(reply[5]),
             by_paused_timeout=int(reply[6]),
             paused=int(reply[7]),
-            lateness_ms=[int(v) for v in reply[8:]],
+            by_billing=int(reply[8]),
+            depletions=int(reply[9]),
+            low_balance_warned=int(reply[10]),
+            lateness_ms=[int(v) for v in reply[11:]],
         )

@@ -6,11 +6,12 @@ endpoint receives every command emitted after its creation returned.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from daemon.model import ID_PATTERN
 from daemon.webhook_message import new_secret
@@ -18,6 +19,28 @@ from daemon.webhook_message import new_secret
 COMMAND_TYPES = ("terminate", "expiring", "pause", "resume", "rejected", "low_balance")
 _FIELDS = {"url", "types", "account_id"}
 MAX_URL_LENGTH = 2048
+# A URL a receiver can have: http(s), a host name or address, a port in range, then any
+# printable ASCII. No user:password@ part: a secret does not belong in a listed URL.
+# WEBHOOK_URL_PATTERN is the OpenAPI document's pattern, so the two cannot disagree; an
+# IPv6 literal ([::1]) is accepted as well when it is a valid address.
+_PORT = r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+_REST = r"(?:[/?#][!-~]*)?"
+WEBHOOK_URL_PATTERN = rf"^https?://[A-Za-z0-9.-]+{_PORT}{_REST}$"
+_URL = re.compile(WEBHOOK_URL_PATTERN)
+_IPV6_URL = re.compile(rf"^https?://\[([0-9A-Fa-f:.]+)\]{_PORT}{_REST}$")
+
+
+def _url_ok(url: str) -> bool:
+    if _URL.fullmatch(url):
+        return True
+    v6 = _IPV6_URL.fullmatch(url)
+    if v6 is None:
+        return False
+    try:
+        ipaddress.IPv6Address(v6[1])
+    except ValueError:
+        return False
+    return True
 
 
 def endpoints_key(prefix: str) -> str:
@@ -50,16 +73,10 @@ def endpoint_problem(body: dict[str, Any]) -> str | None:
     if unknown:
         return f"unknown field {json.dumps(unknown[0])} (fields: account_id, types, url)"
     url = body.get("url")
-    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
-        return f"url must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises for a port that is not a number in range
-        scheme, host = parts.scheme, parts.hostname
-    except ValueError:
-        scheme, host = "", None
-    if scheme not in ("http", "https") or not host:
-        return "url must be an http:// or https:// URL with a host (and a valid port)"
+    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH or not _url_ok(url):
+        return (f"url must be an http:// or https:// URL of at most {MAX_URL_LENGTH} "
+                "printable ASCII characters, with a host, a port up to 65535 if any, "
+                "and no user:password@")  # fmt: skip
     types = body.get("types", list(COMMAND_TYPES))
     if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
         return f"types must be a non-empty list of {', '.join(COMMAND_TYPES)}"

@@ -7,10 +7,13 @@ HTTP API; some pause on inactivity) and sends activity, keepalive, pause, resume
 terminate and terminated events, while a controller ``kill -9``s, SIGSTOPs (longer than
 ``claim_idle_ms``) and restarts three
 ``lifecycled run`` replicas at random instants and kills and restarts Valkey (append-only,
-``appendfsync always``). When every session has ended, a checker reads Redis and the
-commands streams and verifies each guarantee of SPEC §3 for every session, and of §8:
-one command per pause and resume, alternating, and a lifetime that counts running time
-only.
+``appendfsync always``). A few accounts are metered (SPEC §7: 1 credit per running
+second) and topped up through the API and the stream, keys sent again at random. When
+every session has ended, a checker reads Redis and the commands streams and verifies each
+guarantee of SPEC §3 for every session, and of §8: one command per pause and resume,
+alternating, and a lifetime that counts running time only; and for every metered account
+that each key credited once, that its sessions used no more than it was credited and that
+its balance never went below 0.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from redis.exceptions import RedisError
 from tests.servers import Daemon, ValkeyProcess
 
 PARTITIONS = 4
+METERED = tuple(f"meter{i}" for i in range(3))  # on plan metered: 1 credit per running second
 ACCOUNTS = [f"acct{i}" for i in range(12)]
 SETTINGS = {
     "LIFECYCLE_PARTITIONS": str(PARTITIONS),
@@ -79,6 +84,8 @@ class Report:
     api_calls: int = 0
     api_failures: int = 0
     invalid_sent: int = 0
+    top_ups: int = 0
+    depletions: int = 0
     terminations: Counter[str] = field(default_factory=Counter)
     transitions: Counter[str] = field(default_factory=Counter)  # pause:<reason>, resume
     violations: list[str] = field(default_factory=list)
@@ -93,6 +100,7 @@ class Report:
             f"sessions attempted: {self.sessions}",
             f"events published: {self.events} ({self.invalid_sent} malformed)",
             f"API calls: {self.api_calls} ({self.api_failures} failed during faults)",
+            f"top-ups sent: {self.top_ups}; depletions: {self.depletions}",
             "terminations: " + ", ".join(f"{k}={v}" for k, v in sorted(self.terminations.items())),
             "pauses and resumes: "
             + ", ".join(f"{k}={v}" for k, v in sorted(self.transitions.items())),
@@ -110,6 +118,7 @@ class Report:
 class Chaos:
     initial_replicas = 3
     pauses = True  # the load pauses and resumes sessions (SPEC §8)
+    metered: tuple[str, ...] = METERED  # none while 0.2 replicas run (docs/operations.md)
 
     def __init__(self, workdir: Path, seconds: float, seed: int) -> None:
         self.workdir = workdir
@@ -134,16 +143,24 @@ class Chaos:
         # A publish that failed may still have reached the stream (the reply was lost).
         self.malformed_attempted: set[str] = set()
         self.malformed_sent: set[str] = set()
+        # Top-ups per metered account: key -> amount (micro-credits), sent (maybe applied:
+        # a call without an answer may have reached Redis) and confirmed (answered).
+        self.credit_sent: dict[str, dict[str, int]] = defaultdict(dict)
+        self.credit_confirmed: dict[str, dict[str, int]] = defaultdict(dict)
+        self.plans_file = workdir / "plans.toml"
+        self.plans_file.write_text(
+            PLANS + "[plans.metered]\nmax_duration_seconds = 86400\ncredits_per_hour = 3600\n"
+            f"max_paused_seconds = {MAX_PAUSED_SECONDS}\n"
+        )
+        self.all_accounts = ACCOUNTS + list(self.metered)
         self._stop = asyncio.Event()
 
     # Processes
 
     def new_replica(self, index: int) -> Daemon:
         """The daemon process for replica ``index``, not started yet."""
-        plans = self.workdir / "plans.toml"
-        plans.write_text(PLANS)
         env = {**SETTINGS, "LIFECYCLE_REDIS_URL": self.valkey.url_as("lifecycled"),
-               "LIFECYCLE_PLANS_FILE": str(plans)}  # fmt: skip
+               "LIFECYCLE_PLANS_FILE": str(self.plans_file)}  # fmt: skip
         return Daemon(env, self.workdir / f"replica-{index}.log")
 
     def start_replica(self, index: int) -> None:
@@ -208,8 +225,10 @@ class Chaos:
                     await self.pause_or_resume(http)
                 elif roll < 0.9:
                     await self.end(http)
-                elif roll < 0.95:
+                elif roll < 0.93:
                     await self.external_end()
+                elif roll < 0.96 and self.metered:
+                    await self.top_up(http)
                 else:
                     await self.malformed()
                 await asyncio.sleep(0.003)
@@ -217,7 +236,7 @@ class Chaos:
             await http.close()
 
     async def create(self, http: aiohttp.ClientSession, sid: str) -> None:
-        account = self.rng.choice(ACCOUNTS)
+        account = self.rng.choice(self.all_accounts)
         inactivity = self.rng.randint(1, 3)
         timeout = self.rng.randint(2, 6)
         on_inactivity = self.rng.choice(["terminate", "terminate", "pause"])
@@ -288,8 +307,30 @@ class Chaos:
                                         "account_id": account}) is not None:  # fmt: skip
             self.external.add(sid)
 
+    async def top_up(self, http: aiohttp.ClientSession) -> None:
+        """Credits for a metered account: a new key, or one sent before (same amount)."""
+        account = self.rng.choice(self.metered)
+        sent = self.credit_sent[account]
+        if sent and self.rng.random() < 0.3:
+            key = self.rng.choice(sorted(sent))
+        else:
+            key = f"inv{len(sent)}"
+        micro = sent.setdefault(key, self.rng.choice([300_000, 1_000_000, 2_500_000, 4_000_000]))
+        amount = str(Decimal(micro) / 1_000_000)
+        self.report.top_ups += 1
+        if self.rng.random() < 0.5:
+            fields = {"type": "credits", "account_id": account, "amount": amount,
+                      "idempotency_key": key}  # fmt: skip
+            ok = await self.publish(account, fields) is not None
+        else:
+            body = {"amount": float(amount), "idempotency_key": key}
+            status, _ = await self.api(http, "POST", f"/v1/accounts/{account}/credits", body)
+            ok = status == 200
+        if ok:
+            self.credit_confirmed[account][key] = micro
+
     async def malformed(self) -> None:
-        account = self.rng.choice(ACCOUNTS)
+        account = self.rng.choice(self.all_accounts)
         tag = f"m{len(self.malformed_attempted)}"
         self.malformed_attempted.add(tag)
         fields = {"type": "activity", "account_id": account, "session_id": "-bad id-", "tag": tag}
@@ -328,18 +369,19 @@ class Chaos:
         self.redis = aioredis.Redis.from_url(self.valkey.url, socket_timeout=5)
         self.platform = aioredis.Redis.from_url(self.valkey.url_as("platform"), socket_timeout=5)
         pipe = self.platform.pipeline(transaction=False)
-        for account in ACCOUNTS:
+        for account in self.all_accounts:
             fields = {"type": "billing", "account_id": account, "billing_status": "ok",
-                      "plan": "enterprise"}  # fmt: skip
+                      "plan": "metered" if account in self.metered else "enterprise"}  # fmt: skip
             pipe.xadd(events_key(account), fields)
         await pipe.execute()
         for index in range(self.initial_replicas):
             self.start_replica(index)
         for daemon in self.replicas:
             await asyncio.to_thread(_wait_ready, daemon)
-        for account in ACCOUNTS:
+        for account in self.all_accounts:
             key = f"lifecycle:{{{partition(account)}}}:a:{account}"
-            while await self.redis.hget(key, "plan") != b"enterprise":
+            plan = b"metered" if account in self.metered else b"enterprise"
+            while await self.redis.hget(key, "plan") != plan:
                 await asyncio.sleep(0.05)
         tasks = [asyncio.create_task(self.load(worker)) for worker in range(LOAD_WORKERS)]
         tasks.append(asyncio.create_task(self.controller()))
@@ -418,6 +460,40 @@ class Chaos:
         unknown = set(commands) - set(self.accounts)
         if unknown:
             self.report.violations.append(f"commands for sessions never created: {unknown}")
+        for account in self.metered:
+            await self.check_credits(account, commands)
+
+    async def check_credits(self, account: str, commands: dict[str, list[dict[str, str]]]) -> None:
+        """Each key credited once; the sessions used at most what was credited (to the
+        micro-credit each); the balance never below 0; a depletion ends every session
+        running at it, at its moment."""
+        v = self.report.violations
+        key = f"lifecycle:{{{partition(account)}}}:a:{account}"
+        raw = await self.redis.hmget(key, "mb", "mc", "billing")
+        balance, consumed = int(raw[0] or 0), int(raw[1] or 0)
+        credited = balance + consumed  # every micro-credit is either left or consumed
+        low = sum(self.credit_confirmed[account].values())
+        high = sum(self.credit_sent[account].values())
+        if balance < 0:
+            v.append(f"{account}: negative balance {balance}")
+        if not low <= credited <= high:
+            v.append(f"{account}: credited {credited}, confirmed {low}, sent at most {high}")
+        cmds = [
+            c
+            for sid, cs in commands.items()
+            if self.accounts.get(sid) == account
+            for c in cs
+            if c["type"] == "terminate"
+        ]
+        used = sum(int(Decimal(c["credits_used"]) * 1_000_000) for c in cmds)
+        # A depletion moment is the millisecond the balance is used up: each session
+        # ended at it may have used up to 1 ms of its rate (1000 micro-credits) beyond.
+        moments = Counter(int(c["deadline"]) for c in cmds if c["reason"] == "billing")
+        if used > credited + 1000 * sum(moments.values()):
+            v.append(f"{account}: sessions used {used} micro-credits of {credited} credited")
+        self.report.depletions += len(moments)
+        if raw[2] == b"balance_depleted" and balance != 0:
+            v.append(f"{account}: balance_depleted with a balance of {balance}")
 
     def check_session(
         self, sid: str, record: dict[str, str], all_cmds: list[dict[str, str]]

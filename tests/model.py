@@ -26,6 +26,18 @@ place a reviewer may disagree, so they are named here):
   deadline with ``on_inactivity`` = pause, pauses) the session at the PATCH's time;
 - keepalives and activities that a paused session ignores do not count in
   ``activity_count``.
+
+Prepaid credits (SPEC §7) follow DESIGN.md's account: a balance settled at ``at`` with a
+burn (micro-credits per hour of the running metered sessions), settled at every change
+to the time of that change, the depletion moment the first millisecond at which the
+burn has used the balance up. Where SPEC is silent, as the implementation chooses:
+- a session keeps the rate its plan had when it started running metered;
+- a change at a time before the last settle (a lagging entry) charges, or gives back,
+  the rate over the time between;
+- each session's ``credits_used`` is its own rate over its running time, rounded down;
+- the first top-up of an account meters its live sessions from then on;
+- the same idempotency key of an account answers the first answer again, unchanged;
+- at a depletion a billing status other than ``ok`` stays as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
 
 # SPEC §2's plan table: name -> (max_concurrent or None for unlimited, max_duration_seconds).
 SPEC_PLANS: dict[str, tuple[int | None, int]] = {
@@ -41,6 +54,13 @@ SPEC_PLANS: dict[str, tuple[int | None, int]] = {
     "pro": (10, 14400),
     "enterprise": (None, 86400),
 }
+# Plans with credits_per_hour (micro-credits per running hour); every other one is unmetered.
+METERED_PLANS: dict[str, tuple[int | None, int, int]] = {"metered": (None, 3600, 7_500_000)}
+HOUR_MS = 3_600_000
+MICRO = 1_000_000
+MAX_BALANCE = 10**15 - 1  # micro-credits
+_AMOUNT = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?([eE][+-]?[0-9]{1,6})?")
+_KEY = re.compile(r"[!-~]{1,255}")
 # SPEC §8: name -> max_paused_seconds (None: pauses never end).
 SPEC_MAX_PAUSED: dict[str, int | None] = {"free": 86400, "pro": 604800, "enterprise": 2592000}
 BILLING_STATUSES = ("ok", "balance_depleted", "payment_failed", "card_expired")
@@ -68,6 +88,8 @@ class Event:
     ts: int | None = None
     reason: str = "requested"
     billing_status: str = "ok"
+    amount: int = 0  # credits: micro-credits
+    idempotency_key: str = ""
     on_inactivity: str = "terminate"
     source: str = "stream"
 
@@ -81,7 +103,30 @@ _REQUIRED = {
     "billing": ("account_id", "billing_status"),
     "pause": ("session_id", "account_id"),
     "resume": ("session_id", "account_id"),
+    "credits": ("account_id", "amount", "idempotency_key"),
 }
+
+
+def amount_micro(text: str) -> int | None:
+    """A top-up amount (decimal credits, > 0, at most 6 decimals and 10^12) in micro-credits."""
+    if not _AMOUNT.fullmatch(text):
+        return None
+    with localcontext() as ctx:
+        ctx.prec = 120
+        micro = Decimal(text) * MICRO
+        if micro <= 0 or micro > 10**12 * MICRO or micro != int(micro):
+            return None
+        return int(micro)
+
+
+def consumed(rate: int, ms: int) -> int:
+    """Micro-credits a rate (per hour) uses in ``ms``, rounded down."""
+    return rate * ms // HOUR_MS if rate > 0 and ms > 0 else 0
+
+
+def credits_text(micro: int) -> str:
+    whole, frac = divmod(micro, MICRO)
+    return str(whole) if frac == 0 else f"{whole}.{frac:06d}".rstrip("0")
 
 
 def parse(raw: Mapping[bytes, bytes], plans: Mapping[str, object]) -> Event | None:
@@ -114,6 +159,11 @@ def parse(raw: Mapping[bytes, bytes], plans: Mapping[str, object]) -> Event | No
         return None
     plan = fields.get("plan") if kind in ("created", "billing") else None
     account = fields["account_id"]
+    if kind == "credits":
+        amount = amount_micro(fields["amount"])
+        if amount is None or not _KEY.fullmatch(fields["idempotency_key"]):
+            return None
+        return Event(kind, account, amount=amount, idempotency_key=fields["idempotency_key"])
     if kind == "billing":
         if fields["billing_status"] not in BILLING_STATUSES:
             return None
@@ -168,6 +218,9 @@ class Session:
     paused_ms: int = 0  # paused time before the current pause
     activity_count: int = 0
     last_activity_source: str | None = None
+    rate: int | None = None  # metered: micro-credits per running hour
+    metered_since: int | None = None  # while running metered
+    credits_used: int = 0  # micro-credits, of runs before metered_since
 
     @property
     def live(self) -> bool:
@@ -201,6 +254,20 @@ class Session:
 class Account:
     plan: str | None = None  # None: never set, the default plan applies
     billing_status: str = "ok"
+    balance: int | None = None  # micro-credits at ``at``; None before the first top-up
+    at: int = 0
+    burn: int = 0  # micro-credits per hour
+    running: int = 0  # metered sessions running
+    session_ms: int = 0
+    consumed: int = 0
+    depletes_at: int | None = None
+    answers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # idempotency key ->
+
+    def credits(self) -> tuple[int | None, int, int, int, int, int, int | None]:
+        """What the scripts store: balance, at, burn, running, session ms, consumed,
+        depletion moment."""
+        return (self.balance, self.at, self.burn, self.running, self.session_ms,
+                self.consumed, self.depletes_at)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -222,12 +289,21 @@ class Expiry:
     next_due_ms: int | None
     held: bool
     lateness_ms: list[int]
+    by_billing: int = 0
+    depletions: int = 0
 
 
 @dataclass(slots=True)
 class PartitionModel:
-    plans: dict[str, tuple[int | None, int]] = field(default_factory=lambda: dict(SPEC_PLANS))
-    max_paused: dict[str, int | None] = field(default_factory=lambda: dict(SPEC_MAX_PAUSED))
+    plans: dict[str, tuple[int | None, int]] = field(
+        default_factory=lambda: {**SPEC_PLANS, **{n: p[:2] for n, p in METERED_PLANS.items()}}
+    )
+    rates: dict[str, int] = field(
+        default_factory=lambda: {n: p[2] for n, p in METERED_PLANS.items()}
+    )
+    max_paused: dict[str, int | None] = field(
+        default_factory=lambda: {**SPEC_MAX_PAUSED, **dict.fromkeys(METERED_PLANS)}
+    )
     default_plan: str = "free"
     max_clock_skew_ms: int = 5000
     billing_hold_terminates: bool = True
@@ -237,6 +313,7 @@ class PartitionModel:
     commands: list[dict[str, str]] = field(default_factory=list)
     dead: list[dict[bytes, bytes]] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    resume_wake: int | None = None  # the metering wake of the last resume
 
     # Accounts and admission (SPEC §2)
 
@@ -251,18 +328,23 @@ class PartitionModel:
         return sum(1 for s in self.sessions.values()
                    if s.status in LIVE and s.account_id == account_id)  # fmt: skip
 
-    def admitted(self, account_id: str) -> int:
+    def admitted(self, account_id: str, at: int) -> int:
         """SPEC §2's billing and concurrency checks: 201 or 402 / 429 (creates, resumes)."""
-        if self.account(account_id).billing_status != "ok":
+        account = self.account(account_id)
+        if account.billing_status != "ok":
             return 402
+        if self.plan_of(account_id) in self.rates and account.balance is not None:
+            dt = max(0, at - account.at)
+            if account.balance - min(account.balance, consumed(account.burn, dt)) <= 0:
+                return 402  # balance_depleted, before the expirer has seen it
         concurrent, _ = self.plans[self.plan_of(account_id)]
         if concurrent is not None and self.live_count(account_id) >= concurrent:
             return 429
         return 201
 
-    def admission(self, session_id: str, account_id: str, timeout: int | None) -> int:
+    def admission(self, session_id: str, account_id: str, timeout: int | None, at: int = 0) -> int:
         """SPEC §2's checks in their order: 201 or the refusal's status code."""
-        code = self.admitted(account_id)
+        code = self.admitted(account_id, at)
         if code != 201:
             return code
         _, duration = self.plans[self.plan_of(account_id)]
@@ -303,6 +385,183 @@ class PartitionModel:
         self.sessions[session_id] = session
         return session
 
+    # Credits (SPEC §7)
+
+    def _settle_credits(self, account: Account, t: int) -> bool:
+        """Bring the balance to ``t``; False for an account without one."""
+        if account.balance is None:
+            return False
+        if t > account.at:
+            used = min(account.balance, consumed(account.burn, t - account.at))
+            account.balance -= used
+            account.consumed += used
+            account.session_ms += account.running * (t - account.at)
+            account.at = t
+        return True
+
+    def _reschedule(self, account: Account) -> int | None:
+        if account.burn <= 0:
+            account.depletes_at = None
+        else:
+            assert account.balance is not None
+            if account.balance <= 0:
+                old = account.depletes_at
+                account.depletes_at = old if old is not None and old <= account.at else account.at
+            else:
+                account.depletes_at = account.at + self._depletes_after(
+                    account.balance, account.burn
+                )
+        return account.depletes_at
+
+    @staticmethod
+    def _depletes_after(balance: int, burn: int) -> int:
+        """The first ms at which ``burn`` has used ``balance`` up: rate·ms/hour >= balance."""
+        return -(-balance * HOUR_MS // burn)
+
+    def _backdate(self, account: Account, rate: int, t: int, sign: int) -> None:
+        """A start (1) or stop (-1) at ``t`` before the last settle charges or gives back."""
+        if t >= account.at:
+            return
+        assert account.balance is not None
+        amount = consumed(rate, account.at - t)
+        if sign > 0:
+            amount = min(amount, account.balance)
+        account.balance -= sign * amount
+        account.consumed += sign * amount
+        account.session_ms += sign * (account.at - t)
+
+    def _meter_start(self, session: Session, t: int) -> int | None:
+        account = self.account(session.account_id)
+        rate = session.rate
+        if rate is None:
+            rate = self.rates.get(self.plan_of(session.account_id))
+        if rate is None or not self._settle_credits(account, t):
+            return None
+        assert account.balance is not None
+        if t < account.at and 0 < account.balance <= consumed(rate, account.at - t):
+            # A lagging start with too little left: the balance ran out in the past.
+            left_at_t = account.balance + consumed(account.burn, account.at - t)
+            past = t + self._depletes_after(left_at_t, account.burn + rate)
+            if account.depletes_at is None or past < account.depletes_at:
+                account.depletes_at = past
+        self._backdate(account, rate, t, 1)
+        session.rate, session.metered_since = rate, t
+        account.running += 1
+        account.burn += rate
+        return self._reschedule(account)
+
+    def _meter_stop(self, session: Session, t: int) -> int:
+        if session.rate is None or session.metered_since is None:
+            return session.credits_used
+        session.credits_used += consumed(session.rate, max(0, t - session.metered_since))
+        session.metered_since = None
+        account = self.account(session.account_id)
+        if self._settle_credits(account, t):
+            assert account.balance is not None
+            rest = max(0, account.burn - session.rate)
+            dep = account.depletes_at
+            if t < account.at and account.balance <= 0 and dep is not None and dep <= account.at:
+                # The balance ran out at dep, after t: only the run until dep was charged;
+                # given back at dep, the sessions still running use it from then on.
+                back = consumed(session.rate, max(0, dep - t))
+                again = min(back, consumed(rest, account.at - dep))
+                account.balance = back - again
+                account.consumed += again - back
+                account.session_ms -= account.at - t
+                if account.balance <= 0 and back > 0 and rest > 0:
+                    account.depletes_at = dep + self._depletes_after(back, rest)
+            else:
+                self._backdate(account, session.rate, t, -1)
+            account.running -= 1
+            account.burn = rest
+            self._reschedule(account)
+        return session.credits_used
+
+    def _answer(self, account_id: str, now: int) -> tuple[str, ...]:
+        """The top-up's answer: the account's credits projected to ``now``."""
+        account = self.account(account_id)
+        assert account.balance is not None
+        dt = max(0, now - account.at)
+        used = min(account.balance, consumed(account.burn, dt))
+        dep = "" if account.depletes_at is None else str(account.depletes_at)
+        metered = "1" if self.plan_of(account_id) in self.rates else "0"
+        ms = account.session_ms + account.running * dt
+        return (metered, str(account.balance - used), str(account.burn), dep, str(ms),
+                str(account.consumed + used))  # fmt: skip
+
+    def top_up(self, account_id: str, amount: int, key: str, now: int) -> tuple[str, ...] | None:
+        """The first answer of ``key``; None when the balance would go over its maximum."""
+        account = self.account(account_id)
+        if key in account.answers:
+            return account.answers[key]
+        if account.depletes_at is not None and account.depletes_at <= now:
+            # It came too late for the sessions running at the depletion moment; those
+            # whose maximum lifetime came first end at it, as the expirer would have.
+            for session in list(self.sessions.values()):
+                if (
+                    session.status in LIVE
+                    and session.account_id == account_id
+                    and session.expires_at < account.depletes_at
+                ):
+                    self._terminate(session, "max_lifetime", session.expires_at, now)
+            if account.depletes_at is not None and account.depletes_at <= now:
+                self._deplete(account_id, account.depletes_at, now)
+        first = not self._settle_credits(account, now)
+        balance = 0 if first else account.balance
+        assert balance is not None
+        if balance + amount > MAX_BALANCE:
+            return None
+        if first:
+            account.at = now
+        account.balance = balance + amount
+        if account.billing_status == "balance_depleted":
+            account.billing_status = "ok"
+        if first:
+            for session in self.sessions.values():
+                if session.status in LIVE and session.account_id == account_id:
+                    self._meter_start(session, now)
+        self._reschedule(account)
+        account.answers[key] = self._answer(account_id, now)
+        return account.answers[key]
+
+    def _deplete(self, name: str, dep: int, now: int) -> int | None:
+        """The balance ran out at ``dep``: the sessions ended, or None for a stale moment."""
+        account = self.accounts[name]
+        account.depletes_at = None
+        self._settle_credits(account, dep)
+        assert account.balance is not None
+        if account.balance > 0:
+            self._reschedule(account)
+            return None
+        if account.billing_status == "ok":
+            account.billing_status = "balance_depleted"
+        ended = 0
+        for session in list(self.sessions.values()):
+            if (
+                session.status in LIVE
+                and session.account_id == name
+                and self._terminate(session, "billing", dep, now)
+            ):
+                ended += 1
+        account.consumed += account.balance
+        account.balance = 0
+        account.depletes_at = None
+        return ended
+
+    def deplete(self, now: int) -> tuple[int, int, list[int]]:
+        """Accounts whose depletion moment has passed: (depletions, sessions ended, lateness)."""
+        depletions = ended = 0
+        lateness: list[int] = []
+        due = sorted((a.depletes_at, name) for name, a in self.accounts.items()
+                     if a.depletes_at is not None and a.depletes_at <= now)  # fmt: skip
+        for dep, name in due:
+            count = self._deplete(name, dep, now)
+            if count is not None:
+                depletions += 1
+                ended += count
+                lateness += [now - dep] * count
+        return depletions, ended, lateness
+
     # Termination: the one place a command is written
 
     def _terminate(self, session: Session, reason: str, deadline: int, now: int) -> bool:
@@ -317,6 +576,7 @@ class PartitionModel:
         else:
             deadline = max(deadline, session.run_started_at)
             session.run_ms += deadline - session.run_started_at
+        used = self._meter_stop(session, deadline)
         session.status = "terminated"
         session.terminated_at = deadline
         session.termination_reason = reason
@@ -332,6 +592,7 @@ class PartitionModel:
                     "created_at": str(session.created_at),
                     "duration_ms": str(max(0, deadline - session.created_at)),
                     "running_ms": str(session.run_ms),
+                    "credits_used": credits_text(used),
                 }
             )
         return True
@@ -343,6 +604,7 @@ class PartitionModel:
             return False
         at = max(at, session.run_started_at)
         session.run_ms += at - session.run_started_at
+        self._meter_stop(session, at)
         session.status = "paused"
         session.paused_at = at
         limit = self.max_paused[self.plan_of(session.account_id)]
@@ -356,7 +618,7 @@ class PartitionModel:
         """200 resumed, 0 not paused, or the refusal (402, 429)."""
         if not session.paused:
             return 0
-        code = self.admitted(session.account_id)
+        code = self.admitted(session.account_id, now)
         if code != 201:
             return code
         assert session.paused_at is not None
@@ -366,6 +628,7 @@ class PartitionModel:
         session.paused_at = session.pause_expires_at = None
         session.run_started_at = session.last_activity_at = at
         session.expires_at = at + session.max_lifetime_seconds * 1000 - session.run_ms
+        self.resume_wake = self._meter_start(session, at)
         self.commands.append({"type": "resume", "session_id": session.session_id,
                               "account_id": session.account_id,
                               "emitted_at": str(now)})  # fmt: skip
@@ -494,7 +757,7 @@ class PartitionModel:
         if event.type == "created":
             if event.plan is not None and self.account(event.account_id).plan is None:
                 self.account(event.account_id).plan = event.plan
-            code = self.admission(event.session_id, event.account_id, event.timeout_seconds)
+            code = self.admission(event.session_id, event.account_id, event.timeout_seconds, at)
             if code != 201:
                 self.commands.append(
                     {
@@ -514,7 +777,9 @@ class PartitionModel:
                 at,
                 event.on_inactivity,
             )
-            return "applied", created.deadline()[0]
+            wake = self._meter_start(created, at)
+            deadline = created.deadline()[0]
+            return "applied", min(t for t in (deadline, wake) if t is not None)
         if event.type in ("terminate", "terminated"):
             session = self.sessions.get(event.session_id)
             if session is None or session.account_id != event.account_id:
@@ -523,6 +788,12 @@ class PartitionModel:
             if self._terminate(session, reason, at, now):
                 return f"ended:{reason}", None
             return "ignored:terminated", None
+        if event.type == "credits":
+            answer = self.top_up(event.account_id, event.amount, event.idempotency_key, now)
+            if answer is None:
+                self.dead.append(entry.fields)
+                return "dead", None
+            return "applied", int(answer[3]) if answer[3] else None
         ended = self._set_billing(event.account_id, event.billing_status, event.plan, at, now)
         return f"ended:{ended}", None
 
@@ -541,7 +812,9 @@ class PartitionModel:
             return "ignored:paused", None
         code = self._resume(session, at, now)
         if code == 200:
-            return "resumed", session.deadline()[0]
+            deadline = session.deadline()[0]
+            wake = self.resume_wake
+            return "resumed", min(t for t in (deadline, wake) if t is not None)
         if code == 0:
             return "ignored:not_paused", None
         self.commands.append({"type": "rejected", "session_id": event.session_id,
@@ -557,6 +830,10 @@ class PartitionModel:
         idle_limit = now if first is None else min(now, first - 1)
         terminated = by_inactivity = by_paused_timeout = paused = 0
         lateness: list[int] = []
+        # Depletion moments passed as the call starts: a metered session whose balance ran
+        # out at or before its own deadline ends at the depletion instead.
+        passed = {name: a.depletes_at for name, a in self.accounts.items()
+                  if a.depletes_at is not None and a.depletes_at <= now}  # fmt: skip
         for session in list(self.sessions.values()):
             if not session.live:
                 continue
@@ -571,6 +848,9 @@ class PartitionModel:
                 deadline, reason = session.expires_at, "max_lifetime"
             else:
                 continue
+            dep = passed.get(session.account_id)
+            if session.metered_since is not None and dep is not None and dep <= deadline:
+                continue  # its balance ran out first: it ends at the depletion
             if self._fire(session, deadline, reason, now).startswith("paused"):
                 paused += 1
             else:
@@ -578,6 +858,8 @@ class PartitionModel:
                 by_inactivity += reason == "inactivity"
                 by_paused_timeout += reason == "paused_timeout"
             lateness.append(now - deadline)
+        depletions, by_billing, late = self.deplete(now)
+        lateness += late
         # Next due: each live session's deadline, or its maximum lifetime while its passed
         # inactivity deadline is held (that one waits for the consumer, not the clock).
         candidates: list[int] = []
@@ -592,6 +874,7 @@ class PartitionModel:
                 held = True
                 due = session.expires_at
             candidates.append(due)
+        candidates += [a.depletes_at for a in self.accounts.values() if a.depletes_at is not None]
         return Expiry(
             terminated=terminated,
             by_inactivity=by_inactivity,
@@ -600,6 +883,8 @@ class PartitionModel:
             next_due_ms=min(candidates, default=None),
             held=held,
             lateness_ms=sorted(lateness),
+            by_billing=by_billing,
+            depletions=depletions,
         )
 
     # The API (SPEC §4), at the server time ``now`` of the script call
@@ -614,10 +899,11 @@ class PartitionModel:
         now: int,
         on_inactivity: str = "terminate",
     ) -> int:
-        code = self.admission(session_id, account_id, timeout)
+        code = self.admission(session_id, account_id, timeout, now)
         if code == 201:
-            self._create(session_id, account_id, timeout, inactivity, auto_kill, now,
-                         on_inactivity)  # fmt: skip
+            session = self._create(session_id, account_id, timeout, inactivity, auto_kill, now,
+                                   on_inactivity)  # fmt: skip
+            self._meter_start(session, now)
         return code
 
     def _settle(self, session_id: str, now: int, billing: bool) -> Session | int:

@@ -35,7 +35,14 @@ from daemon.scripts import script_source
 from tests.chaos import ACCOUNTS, PARTITIONS, SETTINGS, Chaos, Report, events_key
 from tests.faultproxy import FaultProxy
 from tests.netns import Direction, Link, NetFaultUnavailable, NetLab
-from tests.servers import VALKEY_SERVER, Daemon, ValkeyProcess, wait_for
+from tests.servers import (
+    ACL_PASSWORDS,
+    VALKEY_SERVER,
+    Daemon,
+    ValkeyProcess,
+    users_acl_file,
+    wait_for,
+)
 
 SCENARIOS = ("latency", "loss", "lease_partition", "burst_partition", "lost_replies")
 LEASE_TTL_MS = int(SETTINGS["LIFECYCLE_LEASE_TTL_MS"])
@@ -49,11 +56,16 @@ def script_sha(name: str) -> bytes:
     return hashlib.sha1(script_source(name).encode()).hexdigest().encode()
 
 
+def as_user(url: str, user: str) -> str:
+    """``redis://host…`` as one of config/redis-users.acl's users."""
+    return url.replace("redis://", f"redis://{user}:{ACL_PASSWORDS[user]}@", 1)
+
+
 class LabValkey(ValkeyProcess):
     """A valkey-server inside the lab's namespace, listening on every link's address."""
 
     def __init__(self, lab: NetLab, platform: Link, directory: Path, *extra: str) -> None:
-        super().__init__(directory, *extra)
+        super().__init__(directory, *extra, users=True)
         self.lab = lab
         self.platform = platform
 
@@ -61,10 +73,14 @@ class LabValkey(ValkeyProcess):
     def url(self) -> str:
         return f"redis://{self.platform.ip}:{self.port}/0"
 
+    def url_as(self, user: str) -> str:
+        return as_user(self.url, user)
+
     def start(self) -> LabValkey:
         argv = [VALKEY_SERVER, "--port", str(self.port), "--bind", "0.0.0.0",
                 "--protected-mode", "no", "--dir", str(self.dir), "--appendonly", "yes",
-                "--save", "", "--logfile", str(self.dir / "valkey.log"), *self.extra]  # fmt: skip
+                "--save", "", "--logfile", str(self.dir / "valkey.log"),
+                "--aclfile", str(users_acl_file(self.dir)), *self.extra]  # fmt: skip
         self.proc = subprocess.Popen(self.lab.exec_argv(argv))
         wait_for(self._answers, what=f"valkey-server in {self.lab.ns}")
         return self
@@ -99,7 +115,7 @@ class NetChaos(Chaos):
         daemon = super().new_replica(index)
         link = self.links[index]
         url = self.proxies[index].url if self.proxies else f"redis://{link.ip}:{self.valkey.port}/0"
-        daemon.env["LIFECYCLE_REDIS_URL"] = url
+        daemon.env["LIFECYCLE_REDIS_URL"] = as_user(url, "lifecycled")
         return daemon
 
     def note(self, text: str) -> None:

@@ -430,6 +430,12 @@ async def test_accounts_default_then_set(api: MakeApi) -> None:
         "live_sessions": 0,
         "max_concurrent": 2,
         "max_duration_seconds": 3600,
+        "metered": False,
+        "balance": None,
+        "credits_per_hour": None,
+        "burn_per_hour": 0,
+        "depletes_at": None,
+        "usage": {"session_seconds": 0, "credits": 0},
     }
     await a.create("acme", session_id="s1")
     await a.create("acme", session_id="s2")

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
-from daemon import dead_letters
+from daemon import dead_letters, webhook_store
 from daemon.plans import PACKAGED_PLANS_FILE
 from daemon.scripts import SCRIPT_NAMES
 from daemon.settings import Settings
@@ -109,6 +109,7 @@ async def test_no_script_leaves_a_partial_write_when_out_of_memory(client: Any) 
     await store.list_sessions("acme")
     await store.set_account("acme", plan="pro")
     await store.get_account("acme")
+    await store.top_up("acme", 5_000_000, "inv_1")
     await h.publish(type="activity", session_id="s1", account_id="acme")
     await h.publish(type="created", session_id="s3", account_id="acme")
     await h.consume()
@@ -130,6 +131,14 @@ async def test_no_script_leaves_a_partial_write_when_out_of_memory(client: Any) 
     await webhooks.enqueue(pk, [Outgoing(entry.decode(), "terminate", "{}", ["wh_a"])])
     [claimed] = (await webhooks.claim(pk, 60_000, {"wh_a": 1})).claimed
     assert await webhooks.finish(pk, claimed, "ok", 0, 3) == "delivered"
+    await client.xadd(pk.commands, {"type": "terminate", "session_id": "s1"})
+    [(_, [(entry, _)])] = await client.xreadgroup(WEBHOOK_GROUP, "r1", {pk.commands: ">"}, 1)
+    await webhooks.enqueue(pk, [Outgoing(entry.decode(), "terminate", "{}", ["wh_b"])])
+    [claimed] = (await webhooks.claim(pk, 60_000, {"wh_b": 1})).claimed
+    assert await webhooks.finish(pk, claimed, "fail", 0, 1, "500") == "dead"
+    [dead_delivery] = await webhook_store.list_deliveries(store, "wh_b", "dead", 10)
+    assert await webhook_store.replay_delivery(store, pk.partition, dead_delivery.entry_id, "wh_b")
+    assert await webhook_store.remove_deliveries(store, "wh_b") == 1
 
     await client.delete(pk.lease)
     assert await store.take_lease(pk, "r1#1", renew=False)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import redis.asyncio as aioredis
@@ -35,8 +38,8 @@ from daemon.model import SessionRecord
 from daemon.settings import Settings
 from daemon.store import SessionView
 from tests.conftest import Harness
-from tests.model import SPEC_PLANS, PartitionModel, Session, retry_after_bounds
-from tests.servers import ValkeyProcess
+from tests.model import METERED_PLANS, PartitionModel, Session, retry_after_bounds
+from tests.servers import ValkeyProcess, plans_without_rate_limits
 
 T = TypeVar("T")
 
@@ -73,6 +76,13 @@ MALFORMED: list[dict[bytes, bytes]] = [
     {b"type": b"created", b"session_id": b"b0", b"account_id": b"beta", b"plan": b"gold"},
     {b"type": b"created", b"session_id": b"b0", b"account_id": b"beta", b"ts": b"x",
      b"inactivity_timeout_seconds": b"86401"},
+    {b"type": b"credits", b"account_id": b"acme", b"amount": b"0", b"idempotency_key": b"k"},
+    {b"type": b"credits", b"account_id": b"acme", b"amount": b"-1", b"idempotency_key": b"k"},
+    {b"type": b"credits", b"account_id": b"acme", b"amount": b"1.0000001",
+     b"idempotency_key": b"k"},
+    {b"type": b"credits", b"account_id": b"acme", b"amount": b"1e13", b"idempotency_key": b"k"},
+    {b"type": b"credits", b"account_id": b"acme", b"amount": b"1"},
+    {b"type": b"credits", b"account_id": b"acme", b"amount": b"1", b"idempotency_key": b"a b"},
 ]
 # fmt: on
 
@@ -110,12 +120,23 @@ def created(draw: st.DrawFn) -> Pub:
                 st.sampled_from([None, "1", "2", "60", "300", "3600", "86400"])
             ),
             auto_kill=draw(st.sampled_from([None, "true", "false", "0", "1", "TRUE"])),
-            plan=draw(st.sampled_from([None, None, None, "free", "pro", "enterprise"])),
+            plan=draw(st.sampled_from([None, None, None, "free", "pro", "enterprise", "metered"])),
             on_inactivity=draw(
                 st.sampled_from([None, None, "terminate", "pause", "pause", "sleep"])
             ),
         ),
     )
+
+
+# Top-ups: amounts (credits) that last from milliseconds to hours at the metered rate.
+amounts = st.sampled_from(["0.000001", "0.001", "0.01", "0.5", "2", "25"])
+keys = st.sampled_from(["k1", "k2", "k3", "k4"])
+
+
+@st.composite
+def credited(draw: st.DrawFn) -> Pub:
+    return Pub(draw(gaps), _fields(type="credits", account_id=draw(accounts),
+                                   amount=draw(amounts), idempotency_key=draw(keys)))  # fmt: skip
 
 
 @st.composite
@@ -155,7 +176,7 @@ def paused_or_resumed(draw: st.DrawFn) -> Pub:
 @st.composite
 def billing(draw: st.DrawFn) -> Pub:
     status = draw(st.sampled_from(["ok"] * 4 + ["balance_depleted", "payment_failed"]))
-    plan = draw(st.sampled_from([None, "free", "pro", "enterprise"]))
+    plan = draw(st.sampled_from([None, "free", "pro", "enterprise", "metered"]))
     return Pub(draw(gaps), _fields(type="billing", account_id=draw(accounts),
                                    billing_status=status, plan=plan))  # fmt: skip
 
@@ -163,9 +184,14 @@ def billing(draw: st.DrawFn) -> Pub:
 malformed = st.builds(Pub, gaps, st.sampled_from(MALFORMED))
 # Creates and activity weigh most: they make the sessions everything else acts on.
 _KINDS = {"created": created(), "touched": touched(), "ended": ended(), "billing": billing(),
-          "paused": paused_or_resumed(), "malformed": malformed}  # fmt: skip
+          "paused": paused_or_resumed(), "credited": credited(),
+          "malformed": malformed}  # fmt: skip
 publications = st.sampled_from(
-    ["created"] * 4 + ["touched"] * 4 + ["ended"] * 2 + ["paused"] * 2 + ["billing", "malformed"]
+    ["created"] * 4
+    + ["touched"] * 4
+    + ["ended"] * 2
+    + ["paused"] * 2
+    + ["billing", "credited", "malformed"]
 ).flatmap(_KINDS.__getitem__)
 
 
@@ -176,7 +202,8 @@ def _record(rec: SessionRecord) -> tuple[Any, ...]:
             rec.last_activity_at, rec.inactivity_timeout_seconds, rec.max_lifetime_seconds,
             rec.auto_kill, rec.terminated_at, rec.termination_reason, rec.on_inactivity,
             rec.run_ms, rec.resumed_at or rec.created_at, rec.paused_at, rec.pause_expires_at,
-            rec.paused_ms, rec.activity_count, rec.last_activity_source)  # fmt: skip
+            rec.paused_ms, rec.activity_count, rec.last_activity_source, rec.credits_rate,
+            rec.metered_since, rec.credits_used_before)  # fmt: skip
 
 
 def _modelled(s: Session) -> tuple[Any, ...]:
@@ -184,7 +211,8 @@ def _modelled(s: Session) -> tuple[Any, ...]:
             s.last_activity_at, s.inactivity_timeout_seconds, s.max_lifetime_seconds,
             s.auto_kill, s.terminated_at, s.termination_reason, s.on_inactivity, s.run_ms,
             s.run_started_at, s.paused_at, s.pause_expires_at, s.paused_ms,
-            s.activity_count, s.last_activity_source)  # fmt: skip
+            s.activity_count, s.last_activity_source, s.rate, s.metered_since,
+            s.credits_used)  # fmt: skip
 
 
 def _sorted(commands: list[dict[str, str]]) -> list[list[tuple[str, str]]]:
@@ -207,6 +235,23 @@ async def answer(call: Awaitable[SessionView]) -> tuple[int, SessionView | None,
     return 200, view, 0
 
 
+_plans_file: Path | None = None
+
+
+def _plans_with_a_metered_one() -> Path:
+    """The shipped plans (without rate limits) and METERED_PLANS."""
+    global _plans_file
+    if _plans_file is None:
+        lines = [plans_without_rate_limits().read_text()]
+        for name, (concurrent, duration, rate) in METERED_PLANS.items():
+            assert concurrent is None
+            lines.append(f"[plans.{name}]\nmax_duration_seconds = {duration}\n"
+                         f"credits_per_hour = {rate / 1_000_000}\n")  # fmt: skip
+        _plans_file = Path(tempfile.mkdtemp(prefix="plans-")) / "plans.toml"
+        _plans_file.write_text("\n".join(lines))
+    return _plans_file
+
+
 class PartitionMachine(RuleBasedStateMachine):
     url: ClassVar[str] = ""
 
@@ -222,20 +267,34 @@ class PartitionMachine(RuleBasedStateMachine):
         self.run(self.client.aclose())
         self.loop.close()
 
-    @initialize(hold=st.booleans(), skew=st.sampled_from([5000, 0]))
-    def start(self, hold: bool, skew: int) -> None:
+    @initialize(
+        hold=st.booleans(),
+        skew=st.sampled_from([5000, 0]),
+        metered=st.sampled_from([None, "0.000001", "0.01"]),
+    )
+    def start(self, hold: bool, skew: int, metered: str | None = None) -> None:
+        """``metered``: account beta starts on the metered plan with this balance, which
+        lasts a few milliseconds or seconds of a session (acme may move to it too)."""
+
         async def setup() -> Harness:
             # One server for the test session; each example starts from nothing so that
             # stream ids can start in the past again.
             await self.client.flushall()
-            return await Harness(
-                self.client, Settings(billing_hold_terminates=hold, max_clock_skew_ms=skew)
-            ).setup()
+            settings = Settings(billing_hold_terminates=hold, max_clock_skew_ms=skew,
+                                plans_file=_plans_with_a_metered_one(),
+                                low_balance_warn_seconds=0)  # fmt: skip
+            return await Harness(self.client, settings).setup()
 
         self.h = self.run(setup())
-        assert {n: (p.max_concurrent, p.max_duration_seconds)
-                for n, p in self.h.store.plans.items()} == SPEC_PLANS  # fmt: skip
         self.model = PartitionModel(max_clock_skew_ms=skew, billing_hold_terminates=hold)
+        assert {n: (p.max_concurrent, p.max_duration_seconds)
+                for n, p in self.h.store.plans.items()} == self.model.plans  # fmt: skip
+        assert {n: p.credits_per_hour_micro for n, p in self.h.store.plans.items()
+                if p.credits_per_hour_micro is not None} == self.model.rates  # fmt: skip
+        if metered:  # with credits for seconds of sessions: depletions come soon
+            self.run(self.h.store.set_account("beta", "metered"))
+            self.model.api_set_account("beta", "metered", None, 0)
+            self.api_top_up("beta", metered, "k0")
         self.cursor = self.run(self.h.server_ms()) - PAST_MS
         self.commands_seen = 0
         self.delivered: list[ParsedEvent] = []
@@ -336,9 +395,10 @@ class PartitionMachine(RuleBasedStateMachine):
         want = self.model.expire(result.now_ms)
         got = (result.terminated, result.by_inactivity, result.by_paused_timeout,
                result.paused, result.next_due_ms, result.held,
-               sorted(result.lateness_ms))  # fmt: skip
+               sorted(result.lateness_ms), result.by_billing, result.depletions)  # fmt: skip
         assert got == (want.terminated, want.by_inactivity, want.by_paused_timeout,
-                       want.paused, want.next_due_ms, want.held, want.lateness_ms)  # fmt: skip
+                       want.paused, want.next_due_ms, want.held, want.lateness_ms,
+                       want.by_billing, want.depletions)  # fmt: skip
         assert result.warned == 0
 
     # The API, at the server's present
@@ -476,7 +536,7 @@ class PartitionMachine(RuleBasedStateMachine):
 
     @rule(
         account=accounts,
-        plan=st.sampled_from([None, "free", "pro", "enterprise"]),
+        plan=st.sampled_from([None, "free", "pro", "enterprise", "metered"]),
         status=st.sampled_from([None, None, "ok", "ok", "payment_failed", "card_expired"]),
     )
     def api_set_account(self, account: str, plan: str | None, status: str | None) -> None:
@@ -494,6 +554,23 @@ class PartitionMachine(RuleBasedStateMachine):
                 self.model.account(account).billing_status,
                 self.model.live_count(account),
             )
+
+        self.run(go())
+
+    @rule(account=accounts, amount=amounts, key=keys)
+    def api_top_up(self, account: str, amount: str, key: str) -> None:
+        micro = int(Decimal(amount) * 1_000_000)
+
+        async def go() -> None:
+            view = await self.h.store.top_up(account, micro, key)
+            assert view.now_ms is not None
+            answer = self.model.top_up(account, micro, key, view.now_ms)
+            assert answer is not None
+            dep = "" if view.depletes_at is None else str(view.depletes_at)
+            got = ("1" if view.metered else "0", str(view.balance_micro),
+                   str(view.burn_micro_per_hour), dep, str(view.session_ms),
+                   str(view.consumed_micro))  # fmt: skip
+            assert got == answer
 
         self.run(go())
 
@@ -518,6 +595,21 @@ class PartitionMachine(RuleBasedStateMachine):
             got = (view.plan, view.billing_status, view.live_sessions)
             assert got == (model.plan_of(account), model.account(account).billing_status,
                            model.live_count(account))  # fmt: skip
+            stored = await self.client.hmget(self.h.pk.account(account),
+                                             "mb", "mt", "mr", "mn", "ms", "mc")  # fmt: skip
+            dep = await self.client.zscore(self.h.pk.depletions, account)
+            balance = None if stored[0] is None else int(stored[0])
+            # Fields never written read as 0.
+            credit = (
+                balance,
+                *(int(v or 0) for v in stored[1:]),
+                None if dep is None else int(dep),
+            )
+            want = model.account(account).credits()
+            if want[0] is None:
+                assert balance is None and dep is None, account
+            else:
+                assert credit == want, (account, credit, want)
         commands = await self.h.commands()
         fresh = commands[self.commands_seen :]
         for command in fresh:
@@ -555,10 +647,12 @@ def test_scripts_agree_with_the_reference_model(valkey: ValkeyProcess) -> None:
     )
 
 
-def _scenario(url: str, hold: bool = True, skew: int = 5000) -> PartitionMachine:
+def _scenario(
+    url: str, hold: bool = True, skew: int = 5000, metered: str | None = None
+) -> PartitionMachine:
     PartitionMachine.url = url
     machine = PartitionMachine()
-    machine.start(hold=hold, skew=skew)
+    machine.start(hold=hold, skew=skew, metered=metered)
     return machine
 
 
@@ -614,6 +708,86 @@ def test_activity_ts_beyond_skew_is_clamped_and_within_counts(valkey: ValkeyProc
         session = m.model.sessions["a1"]
         assert session.status == "running"
         assert clamped < session.last_activity_at <= clamped + 5000
+    finally:
+        m.teardown()
+
+
+def test_a_metered_session_ends_at_the_depletion_and_a_top_up_makes_the_account_ok(
+    valkey: ValkeyProcess,
+) -> None:
+    """A balance of a micro-credit: a create uses it up within a millisecond, the expiry
+    ends the session at the depletion moment; a top-up makes the account ok again."""
+    m = _scenario(valkey.url, metered="0.000001")
+    try:
+        # The create entry's time is the server's present (less 1 ms).
+        m.publish([_created(10**9, "b0", "beta")], "consume")
+        m.agrees_with_the_model()
+        m.expire()
+        m.agrees_with_the_model()
+        assert m.model.sessions["b0"].termination_reason == "billing"
+        assert m.model.account("beta").billing_status == "balance_depleted"
+        assert m.model.account("beta").balance == 0
+        m.api_create(("b1", "beta"), None, None, True, "terminate")
+        assert "b1" not in m.model.sessions  # 402 balance_depleted
+        m.api_top_up("beta", "25", "k1")
+        assert m.model.account("beta").billing_status == "ok"
+        m.api_create(("b1", "beta"), None, None, True, "terminate")
+        m.agrees_with_the_model()
+        assert m.model.sessions["b1"].rate == 7_500_000
+    finally:
+        m.teardown()
+
+
+def test_a_top_up_after_the_depletion_moment_comes_too_late_for_the_sessions(
+    valkey: ValkeyProcess,
+) -> None:
+    m = _scenario(valkey.url, metered="0.000001")
+    try:
+        m.publish([_created(10**9, "b0", "beta")], "consume")
+        m.api_top_up("beta", "25", "k1")  # before the expirer has run
+        m.agrees_with_the_model()
+        assert m.model.sessions["b0"].termination_reason == "billing"
+        assert m.model.account("beta").billing_status == "ok"
+        assert m.model.account("beta").balance == 25_000_000
+    finally:
+        m.teardown()
+
+
+def test_a_lagging_create_whose_run_the_balance_cannot_pay_ends_when_it_ran_out(
+    valkey: ValkeyProcess,
+) -> None:
+    """Applied an hour late, a create of 0.01 credits' account (4.8 s at 7.5 per hour): the
+    depletion moment lies in the past, before the session's own inactivity deadline, and
+    the session ends at it."""
+    m = _scenario(valkey.url, metered="0.01")
+    try:
+        m.publish([_created(0, "b0", "beta")], "consume")
+        m.agrees_with_the_model()
+        b0 = m.model.sessions["b0"]
+        assert m.model.account("beta").depletes_at == b0.created_at + 4800
+        m.expire()
+        m.agrees_with_the_model()
+        assert (b0.termination_reason, b0.terminated_at) == ("billing", b0.created_at + 4800)
+        assert b0.credits_used == 10_000
+    finally:
+        m.teardown()
+
+
+def test_a_lagging_stop_before_the_balance_ran_out_gives_back_the_rest(
+    valkey: ValkeyProcess,
+) -> None:
+    m = _scenario(valkey.url, metered="0.01")
+    try:
+        m.publish([_created(0, "b0", "beta"),
+                   Pub(1000, _fields(type="terminate", session_id="b0", account_id="beta"))],
+                  "consume")  # fmt: skip
+        m.agrees_with_the_model()
+        b0 = m.model.sessions["b0"]
+        assert (b0.termination_reason, b0.terminated_at) == ("requested", b0.created_at + 1000)
+        account = m.model.account("beta")
+        # What it used, to the micro-credit (the charge and the refund each round down).
+        assert account.balance is not None and account.depletes_at is None
+        assert 0 <= 10_000 - b0.credits_used - account.balance <= 1
     finally:
         m.teardown()
 

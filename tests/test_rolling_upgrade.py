@@ -88,6 +88,7 @@ class RollingUpgrade(Chaos):
 
     initial_replicas = 2
     pauses = False  # pausing waits until every replica runs 0.3 (docs/operations.md)
+    metered = ()  # top-ups wait until every replica runs 0.3
 
     def __init__(self, workdir: Path, seconds: float, seed: int, old: Path) -> None:
         super().__init__(workdir, seconds, seed)

@@ -193,7 +193,7 @@ async def test_terminate_event_emits_requested_with_request_time(harness: Make) 
     assert rec.terminated_at == int(entry.split("-")[0])
     assert int(cmd["duration_ms"]) == rec.terminated_at - rec.created_at
     assert set(cmd) == {"type", "session_id", "account_id", "reason", "deadline", "emitted_at",
-                        "created_at", "duration_ms", "running_ms"}  # fmt: skip
+                        "created_at", "duration_ms", "running_ms", "credits_used"}  # fmt: skip
     assert cmd["running_ms"] == cmd["duration_ms"]  # never paused
 
 

@@ -67,7 +67,8 @@ async def test_daemon_timeline_of_keepalives_extend_and_inactivity(
     daemons: Callable[..., Daemon], redis: Any
 ) -> None:
     """Through a real daemon: 50 keepalives from two sources, an extend, an inactivity end."""
-    d = daemons(terminated_retention_seconds=2)
+    # Retention long enough for two CLI runs on a loaded machine, short enough to watch.
+    d = daemons(terminated_retention_seconds=6)
     pk = PartitionKeys("lifecycle", 0)
     async with LifecycleClient(d.api) as client:
         created = await client.create("acme", inactivity_timeout_seconds=1, timeout_seconds=60)
@@ -106,7 +107,7 @@ async def test_daemon_timeline_of_keepalives_extend_and_inactivity(
         async def gone() -> bool:
             return not await redis.exists(pk.timeline(sid), pk.session(sid))
 
-        await eventually(gone, timeout=10, what="timeline expired with the session")
+        await eventually(gone, timeout=20, what="timeline expired with the session")
 
 
 async def test_expiring_warning_is_in_the_timeline(harness: Make) -> None:

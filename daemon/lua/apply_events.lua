@@ -18,6 +18,7 @@
       'T' terminate  session, account, reason
       'X' terminated session, account       (reported gone: reason external, no command)
       'B' billing    account, billing status, plan ('' = unchanged)
+      'M' credits    account, amount (micro-credits), idempotency key (SPEC §7)
       'D' dead       error, then the entry's original field/value pairs
   Output:
     {-1} the lease is not held under this token
@@ -28,7 +29,7 @@
     arrived), 'resumed', 'ignored:<reason>', 'rejected:<code>', 'dead', 'skipped' (no
     longer pending: an earlier call applied it)
   Streams written: commands (terminate, pause, resume, rejected), dead (dead-lettered
-  entries).
+  entries; a credits top-up that would take the balance over its maximum too).
   The events stream is trimmed to the earliest entry some group has not applied.
 ]]
 --- @include "common"
@@ -128,6 +129,18 @@ while i <= #ARGV do
       end
     elseif op == 'B' then
       outcome = 'ended:' .. set_billing(ARGV[a], ARGV[a + 1], ARGV[a + 2], at, now)
+    elseif op == 'M' then
+      local reply, problem = top_up(ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], now)
+      if reply then
+        outcome = 'applied'
+        local dep = tonumber(reply[7])  -- a first top-up may start a depletion
+        if dep and (wake < 0 or dep - LOWBAL_MS < wake) then wake = dep - LOWBAL_MS end
+      else
+        redis.call('XADD', K_DEAD, '*', 'type', 'credits', 'account_id', ARGV[a],
+          'amount', credits_text(tonumber(ARGV[a + 1])), 'idempotency_key', ARGV[a + 2],
+          'error', 'field amount: ' .. problem)
+        outcome = 'dead'
+      end
     else -- 'D'
       local fields = {}
       for j = a + 1, a + n - 1 do fields[#fields + 1] = ARGV[j] end

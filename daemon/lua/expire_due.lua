@@ -11,14 +11,20 @@
   Input: KEYS and ARGV[1..9] as in includes/common.lua, then
     ARGV[10] consumer group
     ARGV[11] batch size (most terminations in one call)
+  Depletions (SPEC §7): an account whose depletion moment has passed is settled to
+  exactly 0, set balance_depleted (from ok) and every live session of it terminates with
+  reason billing, deadline = that moment; due low_balance warnings are sent.
+
+  Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
   Output: {terminated, next deadline (ms, -1 if none), now, held, warned,
            terminated for inactivity, terminated for paused_timeout, paused for
-           inactivity, lateness of each termination or pause (ms)...}
+           inactivity, terminated at depletions, depletions, low_balance warnings,
+           lateness of each termination or pause (ms)...}
     held = 1 when a passed inactivity deadline waits for the consumer; the next deadline
     leaves it out
   Commands: terminate (max_lifetime | inactivity | paused_timeout, deadline = the
-  deadline that passed), pause (inactivity, deadline = the inactivity deadline),
-  expiring.
+  deadline that passed; billing at a depletion), pause (inactivity, deadline = the
+  inactivity deadline), expiring, low_balance.
 ]]
 --- @include "common"
 --- @include "stream"
@@ -38,15 +44,23 @@ local gone = {}  -- members to take out of the deadlines set, once for the whole
 -- unknown, terminated, or paused with no pause deadline.
 local function live(sid)
   local h = redis.call('HMGET', session_key(sid), 's', 'a', 'c', 'n', 'y', 'qa', 'qt',
-    'e', 'l', 'i', 'k', 'o', 'qe')
+    'e', 'l', 'i', 'k', 'o', 'qe', 'ma')
   if not h[1] or h[1] == 't' or (h[1] == 'p' and not h[13]) then return nil end
   local deadline, reason, pauses = next_deadline({h[1], h[8], h[9], h[10], h[11], h[12], h[13]})
   return h, deadline, reason, pauses
 end
 
+-- Depletion moments already passed, as the pass starts (account -> ms).
+local passed = {}
+local due_now = redis.call('ZRANGEBYSCORE', K_DEPLETIONS, '-inf', now, 'WITHSCORES')
+for j = 1, #due_now, 2 do passed[due_now[j]] = tonumber(due_now[j + 1]) end
+
 -- Returns true when the session leaves the deadlines set (terminated); a paused one
--- stays in it under its pause deadline.
+-- stays in it under its pause deadline. A running metered one whose account's balance
+-- ran out at or before its deadline is left (false, true): it ends at that depletion
+-- (below).
 local function expire(sid, reason, deadline, h, pauses)
+  if h[14] and passed[h[2]] and passed[h[2]] <= deadline then return false, true end
   if pauses then
     if pause(sid, 'inactivity', deadline, now) then
       paused = paused + 1
@@ -69,13 +83,20 @@ end
 -- with fire first. An entry whose record moved on (activity applied, limits changed,
 -- session ended) is dropped: the deadlines set holds that session's current deadline.
 local held_due = redis.call('ZRANGEBYSCORE', K_HELD, '-inf', idle_limit, 'LIMIT', 0, batch)
+local still_held = {}
 for _, sid in ipairs(held_due) do
   local h, deadline, reason, pauses = live(sid)
-  if h and deadline <= idle_limit and expire(sid, reason, deadline, h, pauses) then
-    gone[#gone + 1] = sid
+  if h and deadline <= idle_limit then
+    local leaves, deferred = expire(sid, reason, deadline, h, pauses)
+    if leaves then
+      gone[#gone + 1] = sid
+    elseif deferred then
+      still_held[#still_held + 1] = {deadline, sid}
+    end
   end
 end
 if #held_due > 0 then redis.call('ZREM', K_HELD, unpack(held_due)) end
+for _, entry in ipairs(still_held) do redis.call('ZADD', K_HELD, entry[1], entry[2]) end
 
 local room = batch - #held_due
 if room > 0 then
@@ -88,8 +109,7 @@ if room > 0 then
       local e = tonumber(h[8])
       if reason == 'inactivity' and deadline > idle_limit then
         if e <= now then
-          expire(sid, 'max_lifetime', e, h, false)
-          gone[#gone + 1] = sid
+          if expire(sid, 'max_lifetime', e, h, false) then gone[#gone + 1] = sid end
         else
           redis.call('ZADD', K_HELD, deadline, sid)
           redis.call('ZADD', K_DEADLINES, e, sid)
@@ -104,6 +124,34 @@ if room > 0 then
 end
 if #gone > 0 then redis.call('ZREM', K_DEADLINES, unpack(gone)) end
 flush_batch(batch_done)
+
+-- Depletions: after the sessions' own deadlines, so that a session whose deadline came
+-- first ends for that.
+local by_billing, depletions = 0, 0
+room = batch - done
+if room > 0 then
+  local due = redis.call('ZRANGEBYSCORE', K_DEPLETIONS, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
+  for j = 1, #due, 2 do
+    local ended = deplete(due[j], tonumber(due[j + 1]), now)
+    if ended then
+      depletions = depletions + 1
+      by_billing = by_billing + ended
+      for _ = 1, ended do lateness[#lateness + 1] = now - tonumber(due[j + 1]) end
+    end
+  end
+end
+
+local low_warned = 0
+for _, account in ipairs(redis.call('ZRANGEBYSCORE', K_LOWBAL, '-inf', now, 'LIMIT', 0, batch)) do
+  redis.call('ZREM', K_LOWBAL, account)
+  local dep = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
+  if dep and redis.call('HGET', account_key(account), 'mw') ~= '1' then
+    redis.call('HSET', account_key(account), 'mw', '1')
+    emit('type', 'low_balance', 'account_id', account,
+      'balance', credits_text((credit_state(account, now))), 'depletes_at', int_str(dep))
+    low_warned = low_warned + 1
+  end
+end
 
 local warned = 0
 if WARN_MS > 0 then
@@ -149,6 +197,13 @@ if WARN_MS > 0 then
     next_due = tonumber(head[2])
   end
 end
-local out = {done, next_due, now, held, warned, by_inactivity, by_paused, paused}
+for _, key in ipairs({K_DEPLETIONS, K_LOWBAL}) do
+  head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #head > 0 and (next_due < 0 or tonumber(head[2]) < next_due) then
+    next_due = tonumber(head[2])
+  end
+end
+local out = {done, next_due, now, held, warned, by_inactivity, by_paused, paused, by_billing,
+  depletions, low_warned}
 for _, ms in ipairs(lateness) do out[#out + 1] = ms end
 return out

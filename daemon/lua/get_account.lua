@@ -1,13 +1,11 @@
 --[[
-  Read an account: its plan, billing status and number of live sessions. An account
-  never written has the defaults (default plan, billing ok).
+  Read an account: its plan, billing status, number of live sessions and credits. An
+  account never written has the defaults (default plan, billing ok, no balance).
 
   Input: KEYS and ARGV[1..9] as in includes/common.lua, then
     ARGV[10] account id
-  Output: {plan, billing status, live sessions}
+  Output: account_reply (see includes/credits.lua)
 ]]
 --- @include "common"
 
-local account = ARGV[10]
-local plan, billing = account_state(account)
-return {plan, billing, redis.call('SCARD', live_key(account))}
+return account_reply(ARGV[10], now_ms())

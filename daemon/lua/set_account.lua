@@ -7,7 +7,7 @@
     ARGV[10] account id
     ARGV[11] plan ('' = unchanged); the caller checks it is a known plan
     ARGV[12] billing status ('' = unchanged); the caller checks it is a known status
-  Output: {sessions terminated, plan, billing status, live sessions}
+  Output: {sessions terminated, account_reply...} (see includes/credits.lua)
   Commands: one `terminate` (reason billing, deadline = now) per session ended.
 ]]
 --- @include "common"
@@ -20,5 +20,6 @@ if billing ~= '' then
 elseif plan ~= '' then
   redis.call('HSET', account_key(account), 'plan', plan)
 end
-local plan_now, billing_now = account_state(account)
-return {ended, plan_now, billing_now, redis.call('SCARD', live_key(account))}
+local out = account_reply(account, now)
+table.insert(out, 1, ended)
+return out

@@ -44,6 +44,7 @@
   not stored, and e is the session's deadline as in 0.2. While paused, e is left as it
   was at the pause (the maximum lifetime is (e - qa + n) / 1000) and the session's
   deadlines member is qe; it is in no live set.
+  Credit fields (m...) of sessions and accounts: see includes/credits.lua.
 ]]
 local K_EVENTS, K_COMMANDS, K_DEAD = KEYS[1], KEYS[2], KEYS[3]
 local K_DEADLINES, K_HELD, K_WARN, K_LEASE = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -142,6 +143,7 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
     run = run + (deadline - since)
     redis.call('HSET', key, 's', 't', 't', deadline, 'x', reason, 'n', run)
   end
+  local used = meter_stop(h[2], sid, deadline)
   if batch then
     local of_account = batch[h[2]]
     if not of_account then
@@ -159,7 +161,8 @@ local function terminate(sid, reason, deadline, now, loaded, batch)
   if reason ~= 'external' then
     emit('type', 'terminate', 'session_id', sid, 'account_id', h[2], 'reason', reason,
       'deadline', deadline, 'emitted_at', now, 'created_at', created,
-      'duration_ms', math.max(0, deadline - created), 'running_ms', run)
+      'duration_ms', math.max(0, deadline - created), 'running_ms', run,
+      'credits_used', credits_text(used))
   end
   return true
 end
@@ -170,6 +173,7 @@ local function flush_batch(batch)
     redis.call('SREM', live_key(account), unpack(sids))
   end
 end
+--- @include "topups"
 
 -- Seconds until the earliest live session of the account ends (at least 1).
 local function retry_after_seconds(account, now)
@@ -191,6 +195,11 @@ local function admit(account, at)
   local plan_name, billing = account_state(account)
   local plan = plan_limits(plan_name)
   if billing ~= 'ok' then return plan_name, plan, -402, billing end
+  if plan.credits_per_hour_micro >= 0 then
+    -- Used up, before the expirer has reached the depletion (SPEC §7).
+    local balance = credit_state(account, at)
+    if balance and balance <= 0 then return plan_name, plan, -402, 'balance_depleted' end
+  end
   if plan.max_concurrent >= 0
      and redis.call('SCARD', live_key(account)) >= plan.max_concurrent then
     return plan_name, plan, -429, retry_after_seconds(account, at)
@@ -203,7 +212,8 @@ end
   timeout and inactivity are strings ('' = default); auto_kill '1'/'0'; on_inactivity
   'p' (pause) or '' (terminate);
   deferred_error: a field error found by the caller, reported after billing and limits.
-  Returns 1, deadline | -402, billing status | -429, retry-after seconds
+  Returns 1, the earliest time the expirer must look (the session's deadline, or sooner its
+  account's depletion or low-balance warning) | -402, billing status | -429, retry-after seconds
         | -422, message | -409, ''
 ]]
 local function create_session(sid, account, timeout, inactivity, auto_kill, deferred_error,
@@ -225,8 +235,10 @@ local function create_session(sid, account, timeout, inactivity, auto_kill, defe
     'e', e, 'l', created_at, 'i', i, 'k', auto_kill)
   if on_inactivity == 'p' then redis.call('HSET', key, 'o', 'p') end
   redis.call('SADD', live_key(account), sid)
+  local metering = meter_start(account, sid, created_at)
   timeline_add(sid, 'created', created_at)
-  return 1, schedule(sid, e, created_at, i, auto_kill, nil)
+  local deadline = schedule(sid, e, created_at, i, auto_kill, nil)
+  return 1, math.min(deadline, metering or deadline)
 end
 
 --[[
@@ -270,7 +282,7 @@ end
   ``at`` (never before it paused): the lifetime left is what it was at the pause, the
   inactivity deadline starts again from ``at`` (last_activity_at = at), and the session
   rejoins its account's live set; one `resume` command.
-  Returns 1, deadline | 0 not paused (nothing written) | -402, billing status
+  Returns 1, the earliest time the expirer must look (as create_session) | 0 not paused (nothing written) | -402, billing status
         | -429, retry-after seconds
 ]]
 local function resume(sid, at, now)
@@ -287,10 +299,11 @@ local function resume(sid, at, now)
     'qt', tonumber(h[8] or '0') + (at - qa))
   redis.call('HDEL', key, 'qa', 'qe')
   redis.call('SADD', live_key(account), sid)
-  meter_start(account, sid, at)
+  local metering = meter_start(account, sid, at)
   timeline_add(sid, 'resumed', at)
   emit('type', 'resume', 'session_id', sid, 'account_id', account, 'emitted_at', now)
-  return 1, schedule(sid, e, at, tonumber(h[4]), h[5], h[6])
+  local deadline = schedule(sid, e, at, tonumber(h[4]), h[5], h[6])
+  return 1, math.min(deadline, metering or deadline)
 end
 
 -- What a live session's next deadline is and what it does: deadline (ms or nil), reason,
