@@ -167,7 +167,10 @@ def loadavg() -> str:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, workdir: Path, log_level: str) -> None:
+    def __init__(
+        self, sizes: Sizes, workdir: Path, log_level: str, extra: dict[str, str] | None = None
+    ) -> None:
+        self.extra = extra or {}
         self.sizes = sizes
         self.workdir = workdir
         self.log_level = log_level
@@ -181,6 +184,7 @@ class Bench:
             "partitions": str(partitions),
             "log_level": self.log_level,
             "lease_ttl_ms": "2000",
+            **self.extra,
         }
         return Daemon(settings, self.workdir / f"daemon-{self._daemons}.log").start()
 
@@ -292,7 +296,7 @@ class Bench:
                 f"{s.events_total:,} activity/keepalive events from {s.producers} producers, "
                 f"{partitions} partitions; CPU per event: {cpu}",
             )  # fmt: skip
-            await self.http(daemons[0], accounts)
+            await self.http(daemons[0], accounts, redis)
             daemons.append(self.daemon(valkey, partitions))
             await self.wait_shared(daemons)
             rate, cpu = await self.events_rate(redis, partitions, accounts, daemons)
@@ -358,7 +362,30 @@ class Bench:
             f"{valkey_us:.1f} µs (with the XADDs), producers {producers_us:.1f} µs"
         )
 
-    async def http(self, daemon: Daemon, accounts: list[str]) -> None:
+    async def http_only(self) -> None:
+        """The HTTP figures alone (``--phases http``), against one daemon as in ``events``."""
+        partitions = 4
+        valkey = Valkey(self.workdir / "valkey-http").start()
+        redis = connect(valkey.url, cluster=False)
+        accounts = [f"acct{i}" for i in range(self.sizes.accounts)]
+        daemon = None
+        try:
+            daemon = self.daemon(valkey, partitions)
+            await self.enterprise(redis, partitions, accounts)
+            await eventually(lambda: self.accounts_applied(redis, partitions, accounts), 60)
+            await self.http(daemon, accounts, redis)
+        finally:
+            if daemon is not None:
+                daemon.stop()
+            await redis.aclose()
+            valkey.stop()
+
+    async def accounts_applied(self, redis: Any, partitions: int, accounts: list[str]) -> bool:
+        last = accounts[-1]
+        key = f"{PREFIX}:{{{partition(last, partitions)}}}:a:{last}"
+        return bool(await redis.exists(key))
+
+    async def http(self, daemon: Daemon, accounts: list[str], redis: Any = None) -> None:
         s = self.sizes
         created: list[str] = []
         latencies: list[float] = []
@@ -387,13 +414,19 @@ class Bench:
             for name, call, n in (("creates", create, s.http_creates),
                                   ("keepalives", keepalive, s.http_keepalives)):  # fmt: skip
                 latencies.clear()
+                cpu_before = daemon.cpu_seconds()
+                valkey_before = 0.0 if redis is None else await server_cpu(redis)
                 start = time.monotonic()
                 await run_concurrently(call, n, s.http_concurrency)
                 rate = n / (time.monotonic() - start)
+                daemon_us = (daemon.cpu_seconds() - cpu_before) / n * 1e6
+                cpu = f"; CPU per request: daemon {daemon_us:.0f} µs"
+                if redis is not None:
+                    cpu += f", Valkey {(await server_cpu(redis) - valkey_before) / n * 1e6:.0f} µs"
                 self.report.add(
                     f"HTTP {name}/s", f"{rate:,.0f}/s",
                     note=f"{s.http_concurrency} concurrent clients; latency p50 "
-                    f"{pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms",
+                    f"{pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms{cpu}",
                 )  # fmt: skip
 
     async def scale(self) -> None:
@@ -701,9 +734,12 @@ async def main(argv: list[str]) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     parser.add_argument("--phases", default="events,scale,peer,webhooks",
-                        help="comma-separated subset of events,scale,peer,webhooks")  # fmt: skip
+                        help="comma-separated subset of events,scale,peer,webhooks; "
+                        "http: only the HTTP figures of events")  # fmt: skip
     parser.add_argument("--log-level", default="warning", help="the daemons' log level")
     parser.add_argument("--workdir", type=Path, default=None, help="servers' files and logs")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a daemon setting, e.g. event_loop=asyncio (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifecycled-bench-"))
@@ -713,11 +749,14 @@ async def main(argv: list[str]) -> int:
     load_before = loadavg()
     print(f"lifecycled benchmark ({'quick' if args.quick else 'full'}); files in {workdir}",
           file=sys.stderr)  # fmt: skip
-    bench = Bench(sizes, workdir, args.log_level)
+    extra = dict(item.split("=", 1) for item in args.setting)
+    bench = Bench(sizes, workdir, args.log_level, extra)
     phases = set(args.phases.split(","))
     t0 = time.monotonic()
     if "events" in phases:
         await bench.events_and_http()
+    elif "http" in phases:
+        await bench.http_only()
     if "scale" in phases:
         await bench.scale()
     if "peer" in phases:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from aiohttp import web
@@ -40,7 +40,7 @@ from daemon.model import (
     top_up_micro,
 )
 from daemon.redis_client import write_refusal
-from daemon.store import RateLimitResult, SessionView, Store
+from daemon.store import RateCheck, RateLimitResult, RateRefused, SessionView, Store
 
 log = structlog.get_logger("lifecycled.api")
 
@@ -62,6 +62,7 @@ METRICS = web.AppKey("metrics", Metrics)
 ACCESS = web.AppKey("access", Access)
 PRINCIPAL = web.RequestKey("principal", Principal)
 RATE_LIMIT = web.RequestKey("rate_limit", RateLimitResult)
+RATE_CHECK = web.RequestKey("rate_check", RateCheck)
 
 _CREATE_FIELDS = {
     "session_id",
@@ -174,15 +175,58 @@ _RATE_WINDOW_SECONDS = 60
 _RATE_UNITS = {"requests": "requests", "creates": "session creations"}
 
 
+# Routes whose operation script checks the rate limits itself (one script call per
+# request): their handler passes request[RATE_CHECK] to the store.
+_FOLDED_ROUTES = frozenset({
+    ("POST", "/v1/sessions"),
+    ("POST", "/v1/sessions/{session_id}/keepalive"),
+    ("POST", "/v1/sessions/{session_id}/activity"),
+})  # fmt: skip
+
+
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """After authentication, before the operation: a request over its account's rate is
-    ``429 rate_limited`` and changes nothing."""
+    ``429 rate_limited`` and changes nothing.
+
+    On the hot routes (_FOLDED_ROUTES) the operation's own script checks the limits
+    first; a handler that refuses the request before reaching the store (a bad body)
+    changed nothing, so the limits are then checked after it, and a 429 still wins."""
     named = await _named_account(request)
     if named is None:
         return await handler(request)
     session_id, account_id, creates = named
     principal = request.get(PRINCIPAL, ADMIN)
+    match = request.match_info
+    resource = match.route.resource
+    if (request.method, resource.canonical if resource else "") in _FOLDED_ROUTES:
+        rate = request[RATE_CHECK] = RateCheck(creates, principal.account_id or "")
+        try:
+            response = await handler(request)
+        except RateRefused as exc:
+            _rate_limited(request, exc.result)
+        except errors.LifecycleError:
+            if not rate.done:
+                await _rate_limit_first(request, session_id, account_id, creates, principal)
+            raise
+        finally:
+            if rate.result is not None:
+                request[RATE_LIMIT] = rate.result
+        if not rate.done:  # the handler answered without the store (not expected)
+            await _rate_limit_first(request, session_id, account_id, creates, principal)
+        return response
+    await _rate_limit_first(request, session_id, account_id, creates, principal)
+    return await handler(request)
+
+
+async def _rate_limit_first(
+    request: web.Request,
+    session_id: str | None,
+    account_id: str | None,
+    creates: bool,
+    principal: Principal,
+) -> None:
+    """Count the request in a script call of its own; RateLimited when refused."""
     try:
         result = await request.app[STORE].rate_limit(
             session_id=session_id, account_id=account_id, creates=creates,
@@ -193,24 +237,27 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
             raise
         # Redis refuses to count (out of memory, disk full): the request goes on
         # uncounted, so reads are still answered; a write is refused by its own script.
-        return await handler(request)
+        return
     if result is None:
-        return await handler(request)
+        return
     request[RATE_LIMIT] = result
     if not result.admitted:
-        exhausted = result.exhausted
-        for limit in exhausted:
-            request.app[METRICS].rate_limited.labels(limit=limit.name).inc()
-        log.info("rate_limited", account_id=result.account_id, plan=result.plan,
-                 limits=[limit.name for limit in exhausted],
-                 retry_after=result.retry_after)  # fmt: skip
-        allows = " and ".join(f"{limit.quota} {_RATE_UNITS[limit.name]}" for limit in exhausted)
-        raise errors.RateLimited(
-            f"Too many requests for account {result.account_id}: plan {result.plan} allows "
-            f"{allows} per minute; retry in {result.retry_after} s.",
-            result.retry_after,
-        )
-    return await handler(request)
+        _rate_limited(request, result)
+
+
+def _rate_limited(request: web.Request, result: RateLimitResult) -> NoReturn:
+    exhausted = result.exhausted
+    for limit in exhausted:
+        request.app[METRICS].rate_limited.labels(limit=limit.name).inc()
+    log.info("rate_limited", account_id=result.account_id, plan=result.plan,
+             limits=[limit.name for limit in exhausted],
+             retry_after=result.retry_after)  # fmt: skip
+    allows = " and ".join(f"{limit.quota} {_RATE_UNITS[limit.name]}" for limit in exhausted)
+    raise errors.RateLimited(
+        f"Too many requests for account {result.account_id}: plan {result.plan} allows "
+        f"{allows} per minute; retry in {result.retry_after} s.",
+        result.retry_after,
+    )
 
 
 async def _named_account(request: web.Request) -> tuple[str | None, str | None, bool] | None:
@@ -410,6 +457,7 @@ async def create_session(request: web.Request) -> web.Response:
             auto_kill is not False,
             deferred,
             on_inactivity or "terminate",
+            rate=request.get(RATE_CHECK),
         )
     except errors.LifecycleError as exc:
         result = _ADMISSION_RESULT.get(type(exc))
@@ -478,7 +526,10 @@ async def _touch(request: web.Request, activity: bool) -> web.Response:
     source = await _source(request)
     scope = _principal(request).account_id
     store = request.app[STORE]
-    return _view(await store.keepalive(session_id, account=scope, source=source, activity=activity))
+    view = await store.keepalive(
+        session_id, account=scope, source=source, activity=activity, rate=request.get(RATE_CHECK)
+    )
+    return _view(view)
 
 
 def _nudge(request: web.Request, view: SessionView) -> None:

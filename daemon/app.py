@@ -135,7 +135,8 @@ class Daemon:
         self._serving = True
         log.info("daemon_started", version=__version__, replica=self.engine.replica_id,
                  http=f"{s.http_host}:{s.http_port}", metrics=f"{s.metrics_host}:{s.metrics_port}",
-                 partitions=s.partitions, embedded=self.embedded is not None)  # fmt: skip
+                 partitions=s.partitions, embedded=self.embedded is not None,
+                 event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])  # fmt: skip
         log.info("console", url=console_url(s.http_host, s.http_port))
 
     @staticmethod

@@ -83,13 +83,28 @@ def _settings_or_exit(config: str | None) -> Settings:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop of ``event_loop``: uvloop (``auto`` when importable), or asyncio's."""
+    if settings.event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if settings.event_loop == "uvloop":
+            print("lifecycled: event_loop = uvloop but uvloop is not installed", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+        return None
+    return uvloop.new_event_loop
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.app import run_daemon
 
     settings = _settings_or_exit(args.config)
     configure_logging(settings.log_format, settings.log_level)
     try:
-        return asyncio.run(run_daemon(settings, args.config))
+        with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+            return runner.run(run_daemon(settings, args.config))
     except EmbeddedError as exc:
         print(f"lifecycled: {exc}", file=sys.stderr)
         return 1

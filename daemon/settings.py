@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # auto: uvloop when it is installed (it is a dependency), else asyncio's own loop.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @classmethod
     def settings_customise_sources(

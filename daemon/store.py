@@ -105,6 +105,62 @@ class RateLimitResult:
         return [limit for limit in self.limits if limit.remaining == 0]
 
 
+@dataclass(slots=True)
+class RateCheck:
+    """A request's rate limits, checked inside its operation's own script (one script
+    call per request); see includes/rate_limit.lua.
+
+    ``creates``: the request also counts against creates_per_minute. ``scope``: the
+    caller's account ('' = any). The store sets ``done`` once the limits were checked
+    (or, for an unknown session, need not be) and ``result`` (None: no account named).
+    """
+
+    creates: bool = False
+    scope: str = ""
+    done: bool = False
+    result: RateLimitResult | None = None
+
+    def args(self) -> tuple[str, str]:
+        return ("2" if self.creates else "1"), self.scope
+
+
+class RateRefused(Exception):
+    """The operation's script refused the request over a rate limit and changed nothing."""
+
+    def __init__(self, result: RateLimitResult) -> None:
+        super().__init__(result.account_id)
+        self.result = result
+
+
+def _rate_result(reply: Any) -> RateLimitResult | None:
+    """The reply of lua/rate_limit.lua (or rate_limit_check in an operation's script)."""
+    if int(reply[0]) == 0:
+        return None
+    groups = reply[4:]
+    limits = tuple(
+        RateLimit(_text(groups[i]), *(int(v) for v in groups[i + 1 : i + 4]))
+        for i in range(0, len(groups), 4)
+    )
+    return RateLimitResult(
+        _text(reply[1]), _text(reply[2]), int(reply[0]) == 1, int(reply[3]), limits
+    )
+
+
+def _rated(rate: RateCheck | None, reply: Any) -> Any:
+    """The operation's reply out of with_rate_limit's; RateRefused when refused."""
+    if rate is None:
+        return reply
+    rate.done = True
+    rate.result = _rate_result(reply[0])
+    if len(reply) == 1:
+        assert rate.result is not None
+        raise RateRefused(rate.result)
+    return reply[1]
+
+
+# Sessions whose partition a replica remembers (with several partitions): about 10 MB.
+LOCATIONS_REMEMBERED = 65_536
+
 # A create whose reply was lost is sent again after these pauses (seconds) with the same
 # creation token, which create_session.lua keeps this long (ms).
 CREATE_RETRY_DELAYS = (0.1,)
@@ -193,6 +249,7 @@ class Store:
         ]
         self._replicas_key = f"{settings.key_prefix}:replicas"
         self._acks_missing = False
+        self._where: dict[str, PartitionKeys] = {}  # session id -> partition (_remember)
         self._scripts: dict[str, AsyncScript] = register_all(redis)
         self.set_plans(plans)
         self._options_arg = ",".join(f"{k}={v}" for k, v in self.options.items())
@@ -255,8 +312,12 @@ class Store:
         auto_kill: bool,
         deferred_error: str = "",
         on_inactivity: str = "terminate",
+        rate: RateCheck | None = None,
     ) -> SessionView:
-        """Admit and create a session; raises the SPEC §2 refusals in their order."""
+        """Admit and create a session; raises the SPEC §2 refusals in their order.
+
+        ``rate``: check the request's rate limits first, in the same script call
+        (RateRefused when refused: nothing created)."""
         if len(self.partitions) > 1 and await self._locate(session_id) is not None:
             raise errors.SessionExists(f"Session {session_id} already exists.")
         args = (
@@ -269,10 +330,12 @@ class Store:
             "p" if on_inactivity == "pause" else "",
             secrets.token_hex(8),  # this request's creation token
             CREATE_TOKEN_TTL_MS,
+            *(rate.args() if rate is not None else ("", "")),
         )
         for delay in (*CREATE_RETRY_DELAYS, None):
             try:
                 reply = await self._call("create_session", self.partition_for(account_id), *args)
+                reply = _rated(rate, reply)
                 break
             except TRANSIENT_ERRORS as exc:
                 # The call may have run and only its reply been lost: the same token makes
@@ -290,8 +353,19 @@ class Store:
             raise errors.InvalidRequest(_text(reply[1]) + ".")
         if code == -409:
             raise errors.SessionExists(f"Session {session_id} already exists.")
+        self._remember(session_id, self.partition_for(account_id))
         view = _view(session_id, [reply[0], reply[1], *reply[3:]])
         return SessionView(view.record, view.now_ms, wake_ms=int(reply[2]))
+
+    def _remember(self, session_id: str, pk: PartitionKeys) -> None:
+        """Where a session is, so that the next request about it skips ``_locate``'s round
+        trip (with several partitions). A session's account, so its partition, never
+        changes; a purged id used again elsewhere is found by looking again."""
+        if len(self.partitions) == 1:
+            return
+        if session_id not in self._where and len(self._where) >= LOCATIONS_REMEMBERED:
+            del self._where[next(iter(self._where))]  # the oldest
+        self._where[session_id] = pk
 
     async def _locate(self, session_id: str) -> PartitionKeys | None:
         """The partition holding the session, for routes that know only its id."""
@@ -307,19 +381,42 @@ class Store:
         return None
 
     async def _by_id(
-        self, script: str, session_id: str, *args: Any, account: str | None = None
+        self,
+        script: str,
+        session_id: str,
+        *args: Any,
+        account: str | None = None,
+        rate: RateCheck | None = None,
     ) -> SessionView:
-        pk = await self._locate(session_id)
-        if pk is not None and account is not None:
-            # An account key's caller learns nothing of other accounts' sessions. A session's
-            # account never changes and its id is not reused while readable, so checking
-            # ahead of the script is as good as checking inside it.
-            owner = await self.redis.hget(pk.session(session_id), "a")
-            if owner is None or _text(owner) != account:
-                pk = None
-        reply = None if pk is None else await self._call(script, pk, session_id, *args)
+        """``rate``: only for scripts that take the with_rate_limit arguments last."""
+        pk = self._where.get(session_id)
+        cached = pk is not None
+        while True:
+            if pk is None:
+                pk = await self._locate(session_id)
+            if pk is not None and account is not None:
+                # An account key's caller learns nothing of other accounts' sessions. A
+                # session's account never changes and its id is not reused while readable,
+                # so checking ahead of the script is as good as checking inside it.
+                owner = await self.redis.hget(pk.session(session_id), "a")
+                if owner is None or _text(owner) != account:
+                    pk = None
+            call_args = args
+            if rate is not None:
+                rate.done = pk is None  # an unknown session names no account: no limit
+                call_args = (*args, *rate.args())
+            reply = None
+            if pk is not None:
+                reply = _rated(rate, await self._call(script, pk, session_id, *call_args))
+            if not cached or (reply is not None and int(reply[0]) != -404):
+                break
+            # Not where it was remembered (purged, and its id used again elsewhere): look.
+            self._where.pop(session_id, None)
+            pk, cached = None, False
         if reply is None or int(reply[0]) == -404:
             raise errors.SessionNotFound(f"No session {session_id}.")
+        assert pk is not None
+        self._remember(session_id, pk)
         code = int(reply[0])
         if code == -402:
             raise errors.PaymentRequired(_text(reply[1]))
@@ -339,14 +436,16 @@ class Store:
         account: str | None = None,
         activity: bool = False,
         source: str | None = None,
+        rate: RateCheck | None = None,
     ) -> SessionView:
         """A keepalive, or with ``activity`` an action (``ready`` → ``running``).
 
         ``source``: what acted, as the status and the timeline show it (default ``api``).
+        ``rate``: the request's rate limits, checked first in the same script call.
         """
         return await self._by_id(
             "keepalive", session_id, GROUP, "1" if activity else "0", source or "",
-            account=account,
+            account=account, rate=rate,
         )  # fmt: skip
 
     async def pause(self, session_id: str, account: str | None = None) -> SessionView:
@@ -520,16 +619,7 @@ class Store:
             "rate_limit", pk, session_id or "", account_id or "", "1" if creates else "0",
             scope or "",
         )  # fmt: skip
-        if int(reply[0]) == 0:
-            return None
-        groups = reply[4:]
-        limits = tuple(
-            RateLimit(_text(groups[i]), *(int(v) for v in groups[i + 1 : i + 4]))
-            for i in range(0, len(groups), 4)
-        )
-        return RateLimitResult(
-            _text(reply[1]), _text(reply[2]), int(reply[0]) == 1, int(reply[3]), limits
-        )
+        return _rate_result(reply)
 
     # The engine
 

@@ -20,6 +20,7 @@ from daemon import dead_letters, webhook_store
 from daemon.plans import PACKAGED_PLANS_FILE
 from daemon.scripts import SCRIPT_NAMES
 from daemon.settings import Settings
+from daemon.store import RateCheck
 from daemon.webhook_store import WEBHOOK_GROUP, Outgoing, WebhookStore
 from tests.conftest import Harness
 from tests.faults import http_json, not_ready
@@ -99,6 +100,7 @@ async def test_no_script_leaves_a_partial_write_when_out_of_memory(client: Any) 
     await store.create_session("s1", "acme", 600, 60, True)
     await store.create_session("s2", "acme", 600, 1, True)
     await store.keepalive("s1", activity=True)
+    await store.keepalive("s1", rate=RateCheck())  # the rate limits checked inside
     await store.patch_session("s1", inactivity_timeout_seconds=120)
     await store.pause("s1")
     await store.resume("s1")

@@ -259,6 +259,37 @@ async def test_a_limited_create_changes_nothing(daemons: Start, plans: Path, red
     assert "Traceback" not in d.log()
 
 
+async def test_a_limited_keepalive_changes_nothing_and_429_comes_before_a_bad_body(
+    daemons: Start, plans: Path, redis: Any
+) -> None:
+    # The keepalive's own script checks the limit first (one script call a request).
+    d = daemons(plans_file=plans)
+    url = f"{d.api}/v1/sessions/s0"
+    async with aiohttp.ClientSession() as http:
+        status, _, _ = await _call(
+            http, "POST", f"{d.api}/v1/sessions", json={"account_id": "acme", "session_id": "s0"}
+        )
+        assert status == 201
+        for remaining in (3, 2, 1, 0):
+            status, body, resp = await _call(http, "POST", f"{url}/keepalive")
+            assert status == 200, body
+            assert _state(resp)["requests"][0] == remaining
+        before = await redis.hgetall("lifecycle:{0}:s:s0")
+        status, body, resp = await _call(http, "POST", f"{url}/keepalive")
+        assert status == 429 and body["error"] == "rate_limited", body
+        assert resp.headers["RateLimit-Policy"] == '"requests";q=5;w=60'
+        assert 10 <= int(resp.headers["Retry-After"]) <= 12
+        assert await redis.hgetall("lifecycle:{0}:s:s0") == before  # not touched
+        # A body the handler refuses before any script: the limit still answers first.
+        status, body, _ = await _call(http, "POST", f"{url}/activity", json={"source": 7})
+        assert status == 429 and body["error"] == "rate_limited", body
+        # An unknown session names no account: 404, no limit, no headers.
+        status, _, resp = await _call(http, "POST", f"{d.api}/v1/sessions/nope/keepalive")
+        assert status == 404 and _headers(resp) == (None, None)
+        assert await _metric(d, http, 'lifecycle_rate_limited_total{limit="requests"}') == 2
+    assert "Traceback" not in d.log()
+
+
 async def test_errors_of_an_account_naming_request_carry_the_headers(
     daemons: Start, plans: Path
 ) -> None:

@@ -27,56 +27,6 @@
       (unlimited limits are left out)
 ]]
 --- @include "common"
+--- @include "rate_limit"
 
-local sid, account, creates, scope = ARGV[10], ARGV[11], ARGV[12] == '1', ARGV[13]
-if sid ~= '' then
-  account = redis.call('HGET', session_key(sid), 'a')
-  if not account then return {0} end
-end
-if scope ~= '' and account ~= scope then return {0} end
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local plan_name = account_state(account)
-local plan = plan_limits(plan_name)
-
-local limits = {}
-local function add(name, per_minute)
-  if per_minute and per_minute > 0 then
-    local interval = math.floor(60000000 / per_minute)
-    local key = BASE .. 'rl:' .. account .. ':' .. name
-    local stored = redis.call('GET', key)
-    local tat = stored and math.floor(tonumber(stored) * 1000 + 0.5) or 0
-    limits[#limits + 1] = {name = name, quota = per_minute, interval = interval,
-      tolerance = (per_minute - 1) * interval, key = key, tat = tat}
-  end
-end
-add('requests', plan.requests_per_minute)
-if creates then add('creates', plan.creates_per_minute) end
-
-local retry_us = 0
-for _, l in ipairs(limits) do
-  local wait = l.tat - l.tolerance - now
-  if wait > retry_us then retry_us = wait end
-end
-
-local code = -429
-if retry_us <= 0 then
-  code = 1
-  for _, l in ipairs(limits) do
-    l.tat = math.max(l.tat, now) + l.interval
-    local ttl_ms = math.ceil((l.tat - now) / 1000)
-    redis.call('SET', l.key, string.format('%.3f', l.tat / 1000), 'PX', ttl_ms)
-  end
-end
-
-local out = {code, account, plan_name, code == 1 and 0 or math.max(1, math.ceil(retry_us / 1000000))}
-for _, l in ipairs(limits) do
-  local ahead = math.max(0, l.tat - now)
-  local remaining = math.max(0, math.floor((l.tolerance + l.interval - ahead) / l.interval))
-  out[#out + 1] = l.name
-  out[#out + 1] = l.quota
-  out[#out + 1] = remaining
-  out[#out + 1] = math.ceil(ahead / 1000000)
-end
-return out
+return rate_limit_check(ARGV[10], ARGV[11], ARGV[12] == '1', ARGV[13])
