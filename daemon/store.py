@@ -151,10 +151,11 @@ def _rated(rate: RateCheck | None, reply: Any) -> Any:
     if rate is None:
         return reply
     rate.done = True
-    rate.result = _rate_result(reply[0])
+    rate.result = result = _rate_result(reply[0])
     if len(reply) == 1:
-        assert rate.result is not None
-        raise RateRefused(rate.result)
+        if result is None:  # a refusal always carries its limit
+            raise RuntimeError("rate limit refusal without a result")
+        raise RateRefused(result)
     return reply[1]
 
 
@@ -413,9 +414,8 @@ class Store:
             # Not where it was remembered (purged, and its id used again elsewhere): look.
             self._where.pop(session_id, None)
             pk, cached = None, False
-        if reply is None or int(reply[0]) == -404:
+        if reply is None or pk is None or int(reply[0]) == -404:
             raise errors.SessionNotFound(f"No session {session_id}.")
-        assert pk is not None
         self._remember(session_id, pk)
         code = int(reply[0])
         if code == -402:
