@@ -330,14 +330,30 @@ async def test_pages_of_fifty(daemons: Start) -> None:
         assert "Live sessions (60)" in page and len(re.findall(r"<tr data-session=", page)) == 60
 
 
-async def test_metered_account_shows_its_credits(daemons: Start, tmp_path: Path) -> None:
+async def test_metered_account_shows_its_credits(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
     d = _metered_daemon(daemons, tmp_path)
     async with _http() as http:
         await _top_up(http, d.api, "acme", 10, "inv_console")
         async with http.post(f"{d.api}/v1/sessions", json={"account_id": "acme"}) as resp:
             assert resp.status == 201
+            sid = (await resp.json())["session_id"]
         async with http.get(f"{d.api}/ui/accounts/acme") as resp:
             page = await resp.text()
+        # A resume is admitted like a create: not once the account's credits are used up.
+        action = f"{d.api}/ui/sessions/{sid}"
+        async with http.get(action) as resp:
+            token = _csrf(await resp.text())
+        async with http.post(f"{action}/pause", data={"csrf": token}) as resp:
+            assert "Paused." in await resp.text()
+        await redis.hset("lifecycle:{0}:a:acme", "mb", "0")  # used up while paused
+        async with http.post(f"{action}/resume", data={"csrf": token}) as resp:
+            text = await resp.text()
+        assert "Resumed." not in text and 'id="resume"' in text
+        assert re.search(r'role="alert">[^<]*balance_depleted', text), text
+        async with http.get(f"{d.api}/v1/sessions/{sid}") as resp:
+            assert (await resp.json())["status"] == "paused"
     assert 'data-field="metered">true<' in page
     assert re.search(r'data-field="balance">\d', page), page
     assert 'data-field="credits_per_hour">3600<' in page
