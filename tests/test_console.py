@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,8 @@ from daemon.console.charts import quantile, read_sample, series
 from daemon.metrics import Metrics
 from daemon.webhook_endpoints import Endpoints
 from tests.servers import Daemon, ValkeyProcess, eventually
+from tests.test_credits import _metered_daemon, _top_up
+from tests.webhook_receiver import Receiver
 
 Start = Callable[..., Daemon]
 ROOT, ACME = "console-root-key", "console-acme-key"
@@ -111,11 +114,22 @@ async def test_login_csrf_terminate_and_extend(
         async with http.post(f"{action}/pause", data={"csrf": token}) as resp:
             text = await resp.text()
             assert resp.status == 200 and "Paused." in text and 'id="resume"' in text
+        assert 'id="pause"' not in text and "s-paused" in text
+        async with http.get(f"{d.api}/v1/sessions/{sid}", headers=bearer) as resp:
+            body = await resp.json()
+            assert body["status"] == "paused" and body["paused_at"] is not None
         async with http.post(f"{action}/pause", data={"csrf": token}) as resp:
             assert "already paused" in await resp.text()
         async with http.post(f"{action}/resume", data={"csrf": token}) as resp:
             text = await resp.text()
             assert resp.status == 200 and "Resumed." in text and 'id="pause"' in text
+        async with http.get(f"{d.api}/v1/sessions/{sid}", headers=bearer) as resp:
+            body = await resp.json()
+            assert body["status"] != "paused" and body["paused_at"] is None
+        async with http.get(f"http://127.0.0.1:{d.metrics_port}/metrics") as resp:
+            exposition = await resp.text()
+        assert 'lifecycle_pauses_total{reason="requested"} 1.0' in exposition
+        assert "lifecycle_resumes_total 1.0" in exposition
         async with http.post(f"{action}/extend", data={"csrf": token, "seconds": "900"}) as resp:
             assert resp.status == 200 and "Maximum lifetime now" in await resp.text()
         async with http.get(f"{d.api}/v1/sessions/{sid}", headers=bearer) as resp:
@@ -314,3 +328,87 @@ async def test_pages_of_fifty(daemons: Start) -> None:
         async with http.get(f"{d.api}/ui/accounts/big") as resp:
             page = await resp.text()
         assert "Live sessions (60)" in page and len(re.findall(r"<tr data-session=", page)) == 60
+
+
+async def test_metered_account_shows_its_credits(
+    redis: Any, daemons: Start, tmp_path: Path
+) -> None:
+    d = _metered_daemon(daemons, tmp_path)
+    async with _http() as http:
+        await _top_up(http, d.api, "acme", 10, "inv_console")
+        async with http.post(f"{d.api}/v1/sessions", json={"account_id": "acme"}) as resp:
+            assert resp.status == 201
+            sid = (await resp.json())["session_id"]
+        async with http.get(f"{d.api}/ui/accounts/acme") as resp:
+            page = await resp.text()
+        # A resume is admitted like a create: not once the account's credits are used up.
+        action = f"{d.api}/ui/sessions/{sid}"
+        async with http.get(action) as resp:
+            token = _csrf(await resp.text())
+        async with http.post(f"{action}/pause", data={"csrf": token}) as resp:
+            assert "Paused." in await resp.text()
+        await redis.hset("lifecycle:{0}:a:acme", "mb", "0")  # used up while paused
+        async with http.post(f"{action}/resume", data={"csrf": token}) as resp:
+            text = await resp.text()
+        assert "Resumed." not in text and 'id="resume"' in text
+        assert re.search(r'role="alert">[^<]*balance_depleted', text), text
+        async with http.get(f"{d.api}/v1/sessions/{sid}") as resp:
+            assert (await resp.json())["status"] == "paused"
+    assert 'data-field="metered">true<' in page
+    assert re.search(r'data-field="balance">\d', page), page
+    assert 'data-field="credits_per_hour">3600<' in page
+    assert 'data-field="burn_per_hour">3600<' in page
+    assert 'data-field="depletes_at">20' in page  # an RFC 3339 time
+    assert "<dt>session_seconds</dt>" in page and "<dt>credits</dt>" in page
+
+
+async def test_replay_a_dead_webhook_delivery(redis: Any, daemons: Start) -> None:
+    receiver = await Receiver(answer=lambda _: 500).start()
+    try:
+        endpoint = await Endpoints(redis, "lifecycle").add({"url": receiver.url})
+        receiver.secret, wid = endpoint.secret, endpoint.webhook_id
+        d = daemons(api_keys=_keys(), webhook_max_attempts=1, webhook_timeout_seconds=2)
+        bearer = {"Authorization": f"Bearer {ROOT}"}
+        async with _http() as http:
+            assert (await _login(http, d.api, ROOT)).status == 303
+            async with http.post(
+                f"{d.api}/v1/sessions", json={"account_id": "acme"}, headers=bearer
+            ) as resp:
+                sid = (await resp.json())["session_id"]
+            async with http.delete(f"{d.api}/v1/sessions/{sid}", headers=bearer) as resp:
+                assert resp.status == 200
+            dead = f"lifecycle:{{0}}:wh:dead:{wid}"
+
+            async def is_dead() -> bool:
+                return int(await redis.zcard(dead)) == 1
+
+            await eventually(is_dead, timeout=15, what="the delivery given up on")
+            async with http.get(f"{d.api}/ui/webhooks") as resp:
+                page = await resp.text()
+            (msg_id,) = receiver.attempts
+            entry = msg_id.removeprefix("cmd_0_")
+            form = f"/ui/webhooks/{wid}/0/{entry}/replay"
+            assert f'action="{form}"' in page and "HTTP 500" in page
+            token = _csrf(page)
+            async with http.post(f"{d.api}{form}", data={}) as resp:
+                assert resp.status == 403 and await redis.zcard(dead) == 1
+            receiver.answer = lambda _: 200
+            async with http.post(f"{d.api}{form}", data={"csrf": token}) as resp:
+                page = await resp.text()
+            assert resp.status == 200 and f"Replayed the delivery of {entry}" in page
+
+            async def delivered() -> bool:
+                return receiver.ids() == {msg_id}
+
+            await eventually(delivered, timeout=15, what="the replayed delivery")
+            assert receiver.attempts == {msg_id: 2} and await redis.zcard(dead) == 0
+            async with http.get(f"{d.api}/ui/webhooks") as resp:
+                assert form not in await resp.text()
+            async with http.post(f"{d.api}{form}", data={"csrf": token}) as resp:
+                assert f"No dead delivery of {entry}" in await resp.text()
+            async with http.post(
+                f"{d.api}/ui/webhooks/{wid}/7/{entry}/replay", data={"csrf": token}
+            ) as resp:
+                assert "No partition 7." in await resp.text()
+    finally:
+        await receiver.stop()

@@ -32,6 +32,7 @@ from daemon.engine import Engine
 from daemon.metrics import Metrics
 from daemon.model import ID_PATTERN
 from daemon.store import SessionView, Store
+from daemon.webhook_store import replay_delivery
 
 log = structlog.get_logger("lifecycled.console")
 
@@ -373,8 +374,6 @@ async def session(request: web.Request) -> web.Response:
         remaining=_countdown(status),
         timeline=timeline,
         sid=sid,
-        can_pause="paused_at" in status and hasattr(store, "pause"),
-        can_resume="paused_at" in status and hasattr(store, "resume"),
     )
 
 
@@ -389,6 +388,27 @@ def _counted(request: web.Request, view: SessionView, reason: str) -> None:
         reason=reason,
         via="console",
     )
+
+
+def _paused_or_resumed(request: web.Request, view: SessionView, done: str) -> str:
+    """Count, log and wake the expirer for a pause or resume (SPEC §8), as the API does."""
+    record = view.record
+    if not view.changed:
+        return f"Nothing to do: the session was already {record.status}."
+    pk = request.app[STORE].partition_for(record.account_id)
+    engine, metrics = request.app[ENGINE], request.app[METRICS]
+    engine.nudge(pk, record.terminates_at)
+    if record.paused:
+        metrics.pauses.labels(reason="requested").inc()
+        log.info("session_paused", session_id=record.session_id,
+                 account_id=record.account_id, reason="requested", via="console")  # fmt: skip
+    else:
+        metrics.resumes.inc()
+        if record.metered_since is not None:  # its account's depletion moved nearer
+            engine.nudge(pk, view.now_ms)
+        log.info("session_resumed", session_id=record.session_id,
+                 account_id=record.account_id, via="console")  # fmt: skip
+    return done
 
 
 async def session_action(request: web.Request) -> web.StreamResponse:
@@ -415,16 +435,12 @@ async def session_action(request: web.Request) -> web.StreamResponse:
             message = f"Maximum lifetime now {record.max_lifetime_seconds} s."
             if record.terminated:
                 _counted(request, view, record.termination_reason or "inactivity")
-        elif action in ("pause", "resume") and hasattr(store, action):
-            # Pause and resume (SPEC §8) where this daemon has them.
-            view = await getattr(store, action)(sid)
-            message = "Paused." if action == "pause" else "Resumed."
-            if getattr(view, "changed", False):
-                record = view.record
-                pk = store.partition_for(record.account_id)
-                request.app[ENGINE].nudge(pk, record.terminates_at)
-            else:
-                message = f"Nothing to do: the session was already {view.record.status}."
+        elif action == "pause":
+            view = await store.pause(sid)
+            message = _paused_or_resumed(request, view, "Paused.")
+        elif action == "resume":
+            view = await store.resume(sid)
+            message = _paused_or_resumed(request, view, "Resumed.")
         else:
             raise web.HTTPNotFound()
     except errors.LifecycleError as exc:
@@ -544,6 +560,29 @@ async def webhooks(request: web.Request) -> web.Response:
     return _page(request, "webhooks.html", title="Webhooks", rows=rows)
 
 
+async def webhook_replay(request: web.Request) -> web.StreamResponse:
+    """Make a dead delivery due now with a fresh count of attempts (SPEC §9)."""
+    store = request.app[STORE]
+    here = PREFIX + "/webhooks"
+    webhook_id = request.match_info["wid"]
+    try:
+        pk = dead_letters._partition(store, request.match_info["partition"])
+        entry_id = dead_letters._entry_id(request.match_info["entry"])
+    except errors.LifecycleError as exc:
+        raise _redirect(request, here, error=exc.message) from None
+    replayed = None
+    if ID_PATTERN.fullmatch(webhook_id):
+        replayed = await replay_delivery(store, pk.partition, entry_id, webhook_id)
+    if replayed is None:
+        raise _redirect(
+            request, here, error=f"No dead delivery of {entry_id} to {webhook_id[:128]}."
+        )
+    log.info(
+        "console_delivery_replayed", partition=pk.partition, id=entry_id, webhook_id=webhook_id
+    )
+    raise _redirect(request, here, msg=f"Replayed the delivery of {entry_id}: due now.")
+
+
 def _fmt_seconds(value: Any) -> str:
     if not isinstance(value, int | float):
         return "—"
@@ -596,6 +635,7 @@ def make_console(store: Store, engine: Engine, metrics: Metrics) -> web.Applicat
     app.router.add_get("/dead-letters", dead_letter_list)
     app.router.add_post("/dead-letters/{partition}/{entry}/{action}", dead_letter_action)
     app.router.add_get("/webhooks", webhooks)
+    app.router.add_post("/webhooks/{wid}/{partition}/{entry}/replay", webhook_replay)
     return app
 
 
