@@ -132,11 +132,11 @@ room = batch - done
 if room > 0 then
   local due = redis.call('ZRANGEBYSCORE', K_DEPLETIONS, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
   for j = 1, #due, 2 do
-    local ended = deplete(due[j], tonumber(due[j + 1]), now)
+    local ended, dep = deplete(due[j], tonumber(due[j + 1]), now)
     if ended then
       depletions = depletions + 1
       by_billing = by_billing + ended
-      for _ = 1, ended do lateness[#lateness + 1] = now - tonumber(due[j + 1]) end
+      for _ = 1, ended do lateness[#lateness + 1] = now - dep end
     end
   end
 end

@@ -154,7 +154,12 @@ local function meter_stop(account, sid, t)
   local used = tonumber(v[3]) or 0
   if not v[1] or not v[2] then return used end
   local rate, started = tonumber(v[1]), tonumber(v[2])
-  used = used + consumed(rate, math.max(0, t - started))
+  -- A stop after the account's balance ran out (its depletion not yet handled: the
+  -- expirer is behind) used nothing past that moment: there was nothing left to use.
+  local ran_out = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
+  local until_ms = t
+  if ran_out and ran_out < until_ms then until_ms = ran_out end
+  used = used + consumed(rate, math.max(0, until_ms - started))
   redis.call('HSET', skey, 'mu', int_str(used))
   redis.call('HDEL', skey, 'ma')
   local bal, at, burn = settle_credits(account, t)

@@ -10,6 +10,15 @@
   moment was stale (the balance is not used up at it: rescheduled).
 ]]
 local function deplete(account, dep, now)
+  -- Sessions whose maximum lifetime came before the moment end at it first, as the
+  -- expirer would have ended them had it reached them (it may be behind: a burst, an
+  -- outage); that moves the moment later, so read it again.
+  for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
+    local e = tonumber(redis.call('HGET', session_key(sid), 'e'))
+    if e and e < dep then terminate(sid, 'max_lifetime', e, now) end
+  end
+  dep = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
+  if not dep or dep > now then return nil end
   redis.call('ZREM', K_DEPLETIONS, account)
   redis.call('ZREM', K_LOWBAL, account)
   local key = account_key(account)
@@ -35,7 +44,7 @@ local function deplete(account, dep, now)
   end
   redis.call('ZREM', K_DEPLETIONS, account)
   redis.call('ZREM', K_LOWBAL, account)
-  return ended
+  return ended, dep
 end
 
 -- Top-ups: the answer to an idempotency key is kept this long (SPEC §7: 7 days), and a
@@ -58,17 +67,9 @@ local function top_up(account, amount, idem, now)
   local prev = redis.call('GET', ikey)
   if prev then return cjson.decode(prev) end
   -- A depletion moment already passed ends the sessions first: a top-up after it
-  -- comes too late for them. Those whose maximum lifetime came before it end at that,
-  -- as the expirer would have ended them.
+  -- comes too late for them (see deplete).
   local due = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
-  if due and due <= now then
-    for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
-      local e = tonumber(redis.call('HGET', session_key(sid), 'e'))
-      if e and e < due then terminate(sid, 'max_lifetime', e, now) end
-    end
-    due = tonumber(redis.call('ZSCORE', K_DEPLETIONS, account))
-    if due and due <= now then deplete(account, due, now) end
-  end
+  if due and due <= now then deplete(account, due, now) end
   local akey = account_key(account)
   local bal, at, burn = settle_credits(account, now)
   local first = not bal
