@@ -126,7 +126,7 @@ async def test_kill_9_with_deliveries_pending_loses_none_and_keeps_their_ids(
 
 async def test_two_replicas_never_make_the_same_attempt_at_once(redis: Any, daemons: Start) -> None:
     settings = {"webhook_timeout_seconds": 2, "webhook_retry_base_seconds": 0.05}
-    a, b = daemons(**settings), daemons(**settings)
+    a = daemons(**settings)
     receiver = await Receiver(delay=0.1).start()
     # Two failures per command, then success: retries are claimed by either replica.
     receiver.answer = lambda msg_id: 500 if receiver.attempts[msg_id] <= 2 else 200
@@ -134,6 +134,8 @@ async def test_two_replicas_never_make_the_same_attempt_at_once(redis: Any, daem
     try:
         async with LifecycleClient(a.api) as client:
             await _add(client, receiver)
+            # Started after the endpoint exists, b delivers from its first claim on.
+            b = daemons(**settings)
             await _terminate_sessions(client, count)
 
             async def all_delivered() -> bool:
