@@ -386,7 +386,13 @@ local function set_billing(account, status, plan, at, now)
   local ended = 0
   if status ~= 'ok' and BILLING_HOLD then
     for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
-      if terminate(sid, 'billing', at, now) then ended = ended + 1 end
+      -- A session whose own deadline passed before the hold ends (or pauses) at that
+      -- deadline, as the expirer would have done had it reached it first.
+      local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+      if h[1] and h[1] ~= 't' and not overdue(sid, h, at, now)
+         and terminate(sid, 'billing', at, now) then
+        ended = ended + 1
+      end
     end
   end
   return ended
