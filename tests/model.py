@@ -661,7 +661,10 @@ class PartitionModel:
             for session in list(self.sessions.values()):
                 if session.account_id != account_id or session.status not in LIVE:
                     continue
-                if self._terminate(session, "billing", at, now):
+                # A deadline that passed before the hold acts first, at its own time.
+                if self._overdue(session, at, now) is None and self._terminate(
+                    session, "billing", at, now
+                ):
                     ended += 1
         return ended
 
