@@ -517,12 +517,10 @@ class LifecycleClient:
                 resp.status, "bad_answer", f"{url} answered {resp.status} with a non-JSON body"
             ) from None
 
-    async def _status(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = await self._request(method, path, body)
-        try:
-            return SessionStatus.from_api(data)
-        except ValidationError as exc:
-            raise _bad_answer(path, exc) from None
+    async def _status(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> SessionStatus:
+        return await self._model(method, path, SessionStatus, body)
 
     # Sessions
 

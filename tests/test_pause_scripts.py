@@ -392,26 +392,25 @@ async def test_a_delete_after_a_passed_deadline_ends_the_session_at_that_deadlin
     assert len(await h.commands()) == 3
 
 
-async def test_a_stream_end_after_a_passed_deadline_is_that_deadline(harness: Make) -> None:
+@pytest.mark.parametrize(
+    "ending",
+    [
+        {"type": "terminate", "session_id": "s1", "account_id": "acme"},
+        {"type": "billing", "account_id": "acme", "billing_status": "payment_failed"},
+    ],
+    ids=["terminate", "billing-hold"],
+)
+async def test_a_stream_end_after_a_passed_deadline_is_that_deadline(
+    harness: Make, ending: dict[str, str]
+) -> None:
+    """A terminate or a billing hold that entered the stream after the session's maximum
+    lifetime: the session ends at that lifetime, with its reason."""
     h: Harness = await harness()
     t0 = await h.server_ms()
     await past(h, t0 - 10_000, type="created", session_id="s1", account_id="acme",
                timeout_seconds="5", inactivity_timeout_seconds="600")  # fmt: skip
-    await past(h, t0 - 2_000, type="terminate", session_id="s1", account_id="acme")
+    await past(h, t0 - 2_000, **ending)
     await h.consume()
     [end] = await h.commands()
     assert (end["reason"], int(end["deadline"])) == ("max_lifetime", t0 - 5_000)
     assert int(end["running_ms"]) == 5_000
-
-
-async def test_a_billing_hold_after_a_passed_deadline_ends_the_session_at_that_deadline(
-    harness: Make,
-) -> None:
-    h: Harness = await harness()
-    t0 = await h.server_ms()
-    await past(h, t0 - 10_000, type="created", session_id="s1", account_id="acme",
-               timeout_seconds="5", inactivity_timeout_seconds="600")  # fmt: skip
-    await past(h, t0 - 2_000, type="billing", account_id="acme", billing_status="payment_failed")
-    await h.consume()
-    [end] = await h.commands()
-    assert (end["reason"], int(end["deadline"])) == ("max_lifetime", t0 - 5_000)

@@ -57,6 +57,15 @@ local function reject(sid, account, code, value)
   return 'rejected:' .. tostring(-code)
 end
 
+-- The record of a live session of ``account`` named by an entry (as deadline_record
+-- reads it), or nil and the outcome for an unknown or terminated one.
+local function live_target(sid, account)
+  local h = deadline_record(sid)
+  if not h[1] or h[8] ~= account then return nil, 'ignored:unknown_session' end
+  if h[1] == 't' then return nil, 'ignored:terminated' end
+  return h
+end
+
 local now = now_ms()
 local wake = -1
 local out = {now, 0}
@@ -90,13 +99,10 @@ while i <= #ARGV do
         outcome = reject(sid, account, code, value)
       end
     elseif op == 'T' or op == 'X' then
-      local sid, account = ARGV[a], ARGV[a + 1]
-      local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
-      if not h[1] or h[8] ~= account then
-        outcome = 'ignored:unknown_session'
-      elseif h[1] == 't' then
-        outcome = 'ignored:terminated'
-      else
+      local sid = ARGV[a]
+      local h
+      h, outcome = live_target(sid, ARGV[a + 1])
+      if h then
         -- An end that came after the session's deadline: the deadline ended it (or paused
         -- it, and then this ends the paused session).
         outcome = overdue(sid, h, at, now)
@@ -109,12 +115,9 @@ while i <= #ARGV do
       end
     elseif op == 'P' or op == 'R' then
       local sid, account = ARGV[a], ARGV[a + 1]
-      local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
-      if not h[1] or h[8] ~= account then
-        outcome = 'ignored:unknown_session'
-      elseif h[1] == 't' then
-        outcome = 'ignored:terminated'
-      else
+      local h
+      h, outcome = live_target(sid, account)
+      if h then
         outcome = overdue(sid, h, at, now)
         -- A resume that came after an inactivity pause's deadline resumes that pause.
         if op == 'R' and outcome == 'paused:inactivity' then outcome = nil end

@@ -19,7 +19,7 @@
 
 local sid = ARGV[10]
 local now = now_ms()
-local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+local h = deadline_record(sid)
 if not h[1] then return {-404} end
 if h[1] ~= 't' and (ARGV[12] or '') ~= '' then
   local deadline, reason, pauses = passed_deadline(h, ARGV[12], now)

@@ -314,8 +314,11 @@ local function next_deadline(h)
   return deadline, reason, reason == 'inactivity' and h[6] == 'p'
 end
 
--- The fields next_deadline reads, in its order.
-local DEADLINE_FIELDS = {'s', 'e', 'l', 'i', 'k', 'o', 'qe'}
+-- A session's record as next_deadline reads it, then its account (h[8]); h[1] is nil
+-- for an unknown session.
+local function deadline_record(sid)
+  return redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+end
 
 -- Let a passed deadline do what it does, at that deadline: pause or terminate.
 -- Returns the outcome: 'paused:inactivity', 'ended:<reason>', or nil if nothing changed.
@@ -388,7 +391,7 @@ local function set_billing(account, status, plan, at, now)
     for _, sid in ipairs(redis.call('SMEMBERS', live_key(account))) do
       -- A session whose own deadline passed before the hold ends (or pauses) at that
       -- deadline, as the expirer would have done had it reached it first.
-      local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+      local h = deadline_record(sid)
       if h[1] and h[1] ~= 't' and not overdue(sid, h, at, now)
          and terminate(sid, 'billing', at, now) then
         ended = ended + 1

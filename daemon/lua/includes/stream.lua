@@ -73,7 +73,7 @@ end
   deadline (-409). A deadline that pauses the session leaves it paused.
 ]]
 local function settle(sid, group, now, billing)
-  local h = redis.call('HMGET', session_key(sid), 's', 'e', 'l', 'i', 'k', 'o', 'qe', 'a')
+  local h = deadline_record(sid)
   if not h[1] then return nil, {-404} end
   if billing then
     local _, status = account_state(h[8])
